@@ -1,0 +1,3 @@
+"""moft: multi-objective fine-tuning with Pareto fronts as the product."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,110 @@
+"""The `moft` command: run the pipeline, run one stage (for dvc.yaml), inspect configuration."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from moft.config import ConfigError, MoftConfig, PROJECT_ROOT, available_profiles, load_config, reference
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect profiles and the configuration tree.")
+app.add_typer(config_app, name="config")
+
+Profile = Annotated[
+    Optional[str], typer.Option("--profile", "-p", help="Profile name (configs/<name>.yaml).")
+]
+Overrides = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config field: dotted.key=value (repeatable)."),
+]
+
+
+def _config(profile: str | None, overrides: list[str] | None) -> MoftConfig:
+    try:
+        return load_config(profile, overrides or [])
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    profile: Profile = None,
+    overrides: Overrides = None,
+    tracking: Annotated[bool, typer.Option(help="Track in MLflow.")] = True,
+) -> None:
+    """Run the whole pipeline as a Prefect flow and print the Pareto summary."""
+    cfg = _config(profile, overrides)
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from flows.pipeline import pipeline
+
+    result = pipeline(profile=cfg.profile, overrides=list(overrides or []), tracking=tracking)
+    typer.echo(Path(result["summary_md"]).read_text())
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="prepare | validate | train_base | finetune | evaluate | report")],
+    profile: Profile = None,
+    overrides: Overrides = None,
+    method: Annotated[Optional[str], typer.Option(help="Method, for the finetune stage.")] = None,
+    tracking: Annotated[bool, typer.Option(help="Log a standalone MLflow run.")] = True,
+) -> None:
+    """Run one pipeline stage (what dvc.yaml calls)."""
+    from moft import stages
+    from moft.tracker import NullTracker
+
+    cfg = _config(profile, overrides)
+    if name not in stages.STAGES:
+        typer.secho(f"unknown stage {name!r}; stages: {', '.join(stages.STAGES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    if name == "finetune" and method is None:
+        typer.secho("the finetune stage needs --method", fg="red", err=True)
+        raise typer.Exit(2)
+    kwargs = {"method": method} if name == "finetune" else {}
+    fn = getattr(stages, name)
+    label = f"finetune:{method}" if method else name
+    try:
+        if tracking and cfg.tracking.enabled:
+            from moft.tracking import stage_run
+
+            with stage_run(cfg, label) as tracker:
+                out = fn(cfg, tracker=tracker, **kwargs)
+        else:
+            out = fn(cfg, tracker=NullTracker(), **kwargs)
+    except Exception as exc:  # a readable one-screen error for the CLI user
+        typer.secho(f"stage {label} failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    if name == "report":
+        typer.echo(Path(out).read_text())
+    typer.echo(f"{label}: {out}")
+
+
+@config_app.command("show")
+def config_show(profile: Profile = None, overrides: Overrides = None) -> None:
+    """Print the resolved configuration as JSON."""
+    typer.echo(json.dumps(_config(profile, overrides).model_dump(mode="json"), indent=2))
+
+
+@config_app.command("profiles")
+def config_profiles() -> None:
+    """List the available profiles."""
+    for name in available_profiles():
+        typer.echo(f"{name}: {load_config(name).description}")
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print every configuration field with its default and help text (markdown)."""
+    typer.echo("| field | default | help |\n|---|---|---|")
+    for field, default, text in reference():
+        typer.echo(f"| `{field}` | {f'`{default}`' if default else ''} | {text} |")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,511 @@
+"""The one typed configuration tree of moft.
+
+A run's configuration is built in three layers, later ones winning:
+
+1. the profile file ``configs/<profile>.yaml`` (which may ``extends:`` another profile),
+2. ``params.yaml`` at the project root (DVC's params file: ``profile`` and ``overrides``),
+3. ``--set dotted.key=value`` overrides from the command line.
+
+Every field carries its help text (``moft config reference`` prints them all) and every value is
+validated before any work starts; errors name the field and say what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PROFILE = "ltr-mslr"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and the allowed values."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class DataConfig(Section):
+    path: str | None = Field(
+        None, description="Shorthand for a single data file: when set, it replaces `paths`."
+    )
+    paths: list[str] = Field(
+        description="svmlight/LETOR files read and pooled by `prepare` (plain or .gz), relative to "
+        "the project root or absolute. Groups are pooled, then split by group.",
+        min_length=1,
+    )
+    n_features: int | None = Field(
+        None, gt=0, description="Number of features per item; inferred from the files when unset."
+    )
+    comment_fields: list[str] = Field(
+        default_factory=list,
+        description="Trailing-comment fields (e.g. `inc`, `prob` in LETOR 4.0) parsed as numeric "
+        "columns so that objectives can use them via `objectives[].comment_field`.",
+    )
+    split_fractions: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
+        (0.6, 0.2, 0.2), description="Train/validation/test fractions of groups (queries)."
+    )
+    split_seed: int = Field(0, description="Seed of the deterministic group-level split.")
+    label_range: tuple[float, float] = Field(
+        (0.0, 4.0), description="Allowed range of the main relevance label (checked by validate)."
+    )
+    drop_objective_features: bool = Field(
+        True,
+        description="Remove the feature columns used as objective labels from the model inputs, "
+        "so a scorer cannot read an objective's label off its own input.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path"):
+            data = {**data, "paths": [data["path"]]}
+        return data
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not math.isclose(sum(v), 1.0, abs_tol=1e-6):
+            raise ValueError(f"split fractions {list(v)} must sum to 1 (they sum to {sum(v):.6g})")
+        return v
+
+
+class ObjectiveConfig(Section):
+    name: str = Field(description="Short name of the auxiliary objective (used in columns and plots).")
+    feature: int | None = Field(
+        None, ge=1, description="1-based feature index whose value is this objective's raw label."
+    )
+    comment_field: str | None = Field(
+        None, description="Comment field (listed in `data.comment_fields`) used as the raw label."
+    )
+    direction: Literal["higher", "lower"] = Field(
+        "higher", description="Whether larger raw values are better (`lower`: v -> max(v) - v)."
+    )
+    transform: Literal["identity", "log1p", "minmax", "grade"] = Field(
+        "identity",
+        description="Label transform after the direction: `identity`, `log1p`, `minmax` (per "
+        "group), `grade` (dataset quantile bins to 0..4). NDCG uses the transformed labels.",
+    )
+    label_norm: Literal["l1", "softmax"] = Field(
+        "l1",
+        description="ListNet target normalisation t(.): `l1` for sparse labels (groups whose "
+        "labels sum to 0 are skipped), `softmax` for dense labels.",
+    )
+    beta: PositiveFloat = Field(1.0, description="DPO temperature beta_j of this objective.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ObjectiveConfig:
+        if (self.feature is None) == (self.comment_field is None):
+            raise ValueError(
+                f"objective {self.name!r} needs exactly one of `feature` or `comment_field`"
+            )
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not v.replace("_", "").isalnum():
+            raise ValueError(f"objective name {v!r} must be letters, digits and underscores")
+        return v
+
+    @property
+    def column(self) -> str:
+        """Column of the prepared parquet holding this objective's transformed label."""
+        return f"obj_{self.name}"
+
+    @property
+    def source_column(self) -> str:
+        """Column of the raw table holding this objective's raw value."""
+        return f"f{self.feature}" if self.feature is not None else f"c_{self.comment_field}"
+
+
+class ModelConfig(Section):
+    hidden: int = Field(128, gt=0, description="Width of the list transformer.")
+    layers: int = Field(2, ge=1, description="Number of transformer encoder layers.")
+    heads: int = Field(4, ge=1, description="Attention heads per layer (must divide `hidden`).")
+    ff_mult: int = Field(2, ge=1, description="Feed-forward width as a multiple of `hidden`.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the encoder layers.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"heads={self.heads} must divide hidden={self.hidden}")
+        return self
+
+
+class OptimConfig(Section):
+    epochs: int = Field(40, ge=1, description="Passes over the training groups.")
+    batch_groups: int = Field(8, ge=1, description="Groups (queries) per optimisation step.")
+    lr: PositiveFloat = Field(1e-3, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    patience: int = Field(
+        8, ge=1, description="Stop after this many epochs without a better validation score."
+    )
+    eval_every: int = Field(
+        1, ge=1, description="Validate (and possibly keep the model) every this many epochs."
+    )
+    seed: int = Field(0, description="Seed of initialisation, shuffling and weight sampling.")
+
+
+class BaseConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base scorer architecture.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Base training budget.")
+    label_norm: Literal["l1", "softmax"] = Field(
+        "softmax", description="ListNet target normalisation of the main relevance label."
+    )
+    feature_transform: Literal["standardize", "log1p_standardize"] = Field(
+        "log1p_standardize",
+        description="Input features: z-scores from training statistics, optionally after "
+        "sign(x) log1p(|x|) to tame heavy tails (MSLR counts reach 10^6).",
+    )
+
+
+class HyperDPOConfig(Section):
+    parametrization: Literal["scratch", "augmentation"] = Field(
+        "augmentation",
+        description="`scratch`: a separate network whose output is the score; `augmentation`: "
+        "s(y, w) = s_base(y) + Delta(y, w) with the base frozen (HyperDPO appendix B.2.3).",
+    )
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(hidden=64, layers=2),
+        description="Hypernetwork architecture (paper: 2 layers, hidden 64).",
+    )
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(epochs=60, patience=15, eval_every=2),
+        description="Hypernetwork training budget.",
+    )
+    conditioning: Literal["concat", "film"] = Field(
+        "film",
+        description="How w enters the hypernetwork: `concat` to every item's features (paper) or "
+        "`film` (per-layer scale and shift computed from w).",
+    )
+    alpha: float | list[float] = Field(
+        0.5,
+        description="Dirichlet concentration of the weight distribution (a scalar or one value "
+        "per objective); alpha < 1 puts more samples near the simplex's vertices.",
+    )
+    cosine_lambda: float = Field(
+        0.0,
+        ge=0, description="Weight lambda of the cosine penalty -cos(w, (L_1..L_m))."
+    )
+    weight_sampling: Literal["group", "step"] = Field(
+        "group",
+        description="Draw a fresh w per group in the batch (vectorised) or one w per step "
+        "(paper's Algorithm 1).",
+    )
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_positive(cls, v: float | list[float]) -> float | list[float]:
+        values = v if isinstance(v, list) else [v]
+        if not values or any((not math.isfinite(a)) or a <= 0 for a in values):
+            raise ValueError(f"Dirichlet concentration {v} must be > 0 (a number or one per objective)")
+        return v
+
+
+class FinetuneConfig(Section):
+    methods: list[Literal["hyperdpo"]] = Field(
+        default_factory=lambda: ["hyperdpo"], min_length=1,
+        description="Multi-objective fine-tuning methods to run, each on the same data and grid.",
+    )
+    hyperdpo: HyperDPOConfig = Field(
+        default_factory=HyperDPOConfig, description="HyperDPO settings (SPEC 5.2)."
+    )
+
+
+class EvaluateConfig(Section):
+    k: int = Field(10, ge=1, description="Cut-off k of NDCG@k.")
+    n_points: int = Field(
+        11, ge=2, description="Grid size for m > 2 (vertices, centroid, seeded Dir(1) samples)."
+    )
+    grid: list[list[float]] | None = Field(
+        None, description="Explicit weight grid (each row on the simplex); overrides the default."
+    )
+    grid_seed: int = Field(0, description="Seed of the Dir(1) grid samples for m > 2.")
+    reference_point: list[float] | None = Field(
+        None, description="Hypervolume reference point; default 0 on every axis (NDCG is >= 0)."
+    )
+    bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples over test groups.")
+    bootstrap_seed: int = Field(0, description="Seed of the bootstrap resamples.")
+    beta_scales: list[PositiveFloat] = Field(
+        default_factory=lambda: [1.0],
+        description="Temperature scales c of Proposition 3.1 at which fronts are drawn.",
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_on_simplex(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        for i, w in enumerate(v or []):
+            if any((not math.isfinite(x)) or x < 0 for x in w) or not math.isclose(
+                sum(w), 1.0, abs_tol=1e-6
+            ):
+                raise ValueError(
+                    f"grid[{i}] = {w} must lie on the simplex: entries >= 0 that sum to 1"
+                )
+        return v
+
+
+class TrackingConfig(Section):
+    enabled: bool = Field(True, description="Log runs, metrics and artifacts to MLflow.")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else the SQLite "
+        "database `mlruns.db` at the project root.",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; default `moft-<profile>`.")
+    registered_model: str = Field(
+        "moft-hyperdpo", description="Registry name of the HyperDPO model of each run."
+    )
+
+
+class RuntimeConfig(Section):
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per training job; default: all cores / jobs."
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "auto", description="Where to train: `auto` takes a GPU when there is one."
+    )
+
+
+class MoftConfig(Section):
+    profile: str = Field(DEFAULT_PROFILE, description="Name of the profile this tree came from.")
+    description: str = Field("", description="One line saying what the profile is for.")
+    track: Literal["ltr"] = Field("ltr", description="Which track: learning to rank (`ltr`).")
+    data: DataConfig = Field(description="Raw data and splitting.")
+    objectives: list[ObjectiveConfig] = Field(
+        min_length=2, description="The m >= 2 auxiliary objectives traded off against each other."
+    )
+    base: BaseConfig = Field(default_factory=BaseConfig, description="Base scorer (main label).")
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="Multi-objective fine-tuning."
+    )
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="Pareto evaluation."
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Compute.")
+    artifacts_dir: str = Field(
+        "artifacts", description="Root of stage outputs; each profile writes to <root>/<profile>."
+    )
+    reports_dir: str = Field(
+        "reports", description="Root of reports; each profile writes to <root>/<profile>."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MoftConfig:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names must be unique, got {names}")
+        m = len(self.objectives)
+        for o in self.objectives:
+            if o.comment_field is not None and o.comment_field not in self.data.comment_fields:
+                raise ValueError(
+                    f"objective {o.name!r} reads comment field {o.comment_field!r}, which is not "
+                    f"in data.comment_fields {self.data.comment_fields}"
+                )
+            if o.feature is not None and self.data.n_features and o.feature > self.data.n_features:
+                raise ValueError(
+                    f"objective {o.name!r} reads feature {o.feature} but data.n_features is "
+                    f"{self.data.n_features}"
+                )
+        alpha = self.finetune.hyperdpo.alpha
+        if isinstance(alpha, list) and len(alpha) != m:
+            raise ValueError(f"finetune.hyperdpo.alpha has {len(alpha)} values for {m} objectives")
+        if self.evaluate.grid is not None and any(len(w) != m for w in self.evaluate.grid):
+            raise ValueError(f"every evaluate.grid row needs {m} weights (one per objective)")
+        ref = self.evaluate.reference_point
+        if ref is not None and len(ref) != m:
+            raise ValueError(f"evaluate.reference_point needs {m} values, got {len(ref)}")
+        return self
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    def artifacts(self, root: Path | None = None) -> Path:
+        return _under(root, self.artifacts_dir) / self.profile
+
+    def reports(self, root: Path | None = None) -> Path:
+        return _under(root, self.reports_dir) / self.profile
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named top-level sections (for caching and provenance)."""
+        dump = self.model_dump(mode="json")
+        blob = json.dumps({s: dump[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _under(root: Path | None, p: str) -> Path:
+    path = Path(p)
+    return path if path.is_absolute() else (root or Path.cwd()) / path
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading: profile files, params.yaml, overrides
+
+
+def profiles_dir() -> Path:
+    """Directory of profile files: ./configs when present, else the project's own."""
+    local = Path.cwd() / "configs"
+    return local if local.is_dir() else PROJECT_ROOT / "configs"
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+
+
+def _read_profile(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = profiles_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown profile {name!r}; available: {', '.join(available_profiles()) or 'none'}"
+        )
+    if name in seen:
+        raise ConfigError(f"profile {name!r} extends itself through {' -> '.join(seen)}")
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping of sections")
+    parent = tree.pop("extends", None)
+    if parent:
+        tree = deep_merge(_read_profile(parent, seen + (name,)), tree)
+    return tree
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` (value parsed as YAML; list items by index)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like dotted.key=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: Any = tree
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {where!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:depth])!r} is not a section")
+
+
+def read_params(params_file: Path | None = None) -> tuple[str | None, list[str]]:
+    """Profile and overrides from params.yaml (DVC's params file), if there is one."""
+    path = params_file or Path.cwd() / "params.yaml"
+    if not path.is_file():
+        return None, []
+    params = yaml.safe_load(path.read_text()) or {}
+    overrides = params.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{path}: `overrides` must be a list of dotted.key=value strings")
+    return params.get("profile"), [str(o) for o in overrides]
+
+
+def load_config(
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    params_file: Path | None = None,
+) -> MoftConfig:
+    """Resolve profile + params.yaml + overrides into a validated :class:`MoftConfig`.
+
+    ``params.yaml`` contributes its profile when none is given, and its overrides only when its
+    profile is the one being loaded.
+    """
+    params_profile, params_overrides = read_params(params_file)
+    name = profile or params_profile or DEFAULT_PROFILE
+    tree = _read_profile(name)
+    tree["profile"] = name
+    for assignment in (params_overrides if name == params_profile else []) + list(overrides):
+        apply_override(tree, assignment)
+    return validate_tree(tree)
+
+
+def validate_tree(tree: dict[str, Any]) -> MoftConfig:
+    try:
+        return MoftConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent = ".".join(str(p) for p in err["loc"][:-1])
+            msg = f"unknown key; allowed keys: {', '.join(_allowed_keys(parent))}"
+        elif isinstance(err.get("input"), (int, float, str, bool)) and err["type"] != "missing":
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"config field {field!r}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _allowed_keys(dotted_parent: str) -> list[str]:
+    model: Any = MoftConfig
+    for part in [p for p in dotted_parent.split(".") if p]:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def reference(model: type[BaseModel] = MoftConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted field, default, help) for every field, for `moft config reference` and README."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        sub = _model_of(field.annotation)
+        if sub is not None and sub is not model:
+            rows.append((dotted, "", field.description or ""))
+            rows.extend(reference(sub, dotted + ("[]." if name == "objectives" else ".")))
+            continue
+        default = field.get_default(call_default_factory=True) if not field.is_required() else "required"
+        rows.append((dotted, json.dumps(default) if default != "required" else default, field.description or ""))
+    return rows

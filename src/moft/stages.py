@@ -1,0 +1,475 @@
+"""One function per pipeline stage: ``(config, tracker) -> output path``.
+
+The CLI (``moft stage NAME``, called by dvc.yaml), the Prefect tasks and the tests all call these
+functions; stage logic lives nowhere else. Every stage reads the previous stage's files and writes
+its own outputs atomically under ``<artifacts>/<profile>/`` or ``<reports>/<profile>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moft.config import ModelConfig, MoftConfig
+from moft.data.conflict import agreement_warnings, conflict_matrix
+from moft.data.groups import GroupedItems
+from moft.data.letor import read_letor_files
+from moft.data.objectives import objective_labels
+from moft.data.splits import split_groups
+from moft.evaluation import FrontMetrics, front_metrics, group_metrics
+from moft.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from moft.methods import FitContext, get_method
+from moft.metrics import pareto
+from moft.models.scorer import BaseScorer
+from moft.plots import plot_conflict_heatmap, plot_pareto
+from moft.tracker import NullTracker, Tracker
+from moft.training import resolve_device, set_threads, train_base_scorer
+from moft.validation.ltr import raise_for_failures, validate_ltr, write_report
+
+SPLITS = ("train", "val", "test")
+STAGES = ("prepare", "validate", "train_base", "finetune", "evaluate", "report")
+
+
+class StageInputError(RuntimeError):
+    """A stage's inputs are missing or come from a failed upstream stage."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage of one profile reads and writes."""
+
+    artifacts: Path
+    reports: Path
+
+    @classmethod
+    def of(cls, cfg: MoftConfig) -> Layout:
+        return cls(cfg.artifacts(), cfg.reports())
+
+    @property
+    def prepared(self) -> Path:
+        return self.artifacts / "prepared"
+
+    @property
+    def validation(self) -> Path:
+        return self.artifacts / "validation"
+
+    @property
+    def base(self) -> Path:
+        return self.artifacts / "base"
+
+    def finetuned(self, method: str) -> Path:
+        return self.artifacts / "finetune" / method
+
+    @property
+    def pareto_json(self) -> Path:
+        return self.reports / "pareto.json"
+
+
+def _require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise StageInputError(f"{path} is missing: run the `{stage}` stage first")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare
+
+
+def prepare(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
+    """Raw svmlight/LETOR files -> objective labels -> group splits -> parquet + conflict matrix."""
+    paths = [_resolve(p) for p in cfg.data.paths]
+    raw = read_letor_files(paths, cfg.data.n_features, cfg.data.comment_fields)
+    group_ids = raw["group_id"].to_numpy()
+    table = pd.DataFrame({"group_id": raw["group_id"], "label_main": raw["label"].astype("float64")})
+    for obj in cfg.objectives:
+        if obj.source_column not in raw.columns:
+            raise ValueError(
+                f"objective {obj.name!r}: column {obj.source_column} is not in the data "
+                f"({sum(c.startswith('f') for c in raw.columns)} features)"
+            )
+        values = raw[obj.source_column].to_numpy(np.float64)
+        try:
+            table[obj.column] = objective_labels(values, group_ids, obj.direction, obj.transform)
+        except ValueError as exc:
+            raise ValueError(f"objective {obj.name!r} ({obj.source_column}): {exc}") from None
+    dropped = {o.source_column for o in cfg.objectives} if cfg.data.drop_objective_features else set()
+    feature_cols = [c for c in raw.columns if c.startswith("f") and c[1:].isdigit() and c not in dropped]
+    table = pd.concat([table, raw[feature_cols]], axis=1)
+
+    splits = split_groups(sorted(set(group_ids)), cfg.data.split_fractions, cfg.data.split_seed)
+    label_cols = {"main": "label_main", **{o.name: o.column for o in cfg.objectives}}
+    matrix, counts = conflict_matrix(table, label_cols)
+    warnings = agreement_warnings(matrix, among=cfg.objective_names)
+
+    layout = Layout.of(cfg)
+    with atomic_dir(layout.prepared) as out:
+        summary = {"splits": {}}
+        for name in SPLITS:
+            part = table[table["group_id"].isin(set(splits[name]))].reset_index(drop=True)
+            part.to_parquet(out / f"{name}.parquet", index=False)
+            summary["splits"][name] = {"groups": len(splits[name]), "items": len(part)}
+        matrix.to_csv(out / "conflict.csv", float_format="%.4f")
+        counts.to_csv(out / "conflict_counts.csv")
+        plot_conflict_heatmap(
+            out / "conflict.png", matrix, f"{cfg.profile}: mean within-group Spearman"
+        )
+        summary.update(
+            feature_cols=feature_cols,
+            objective_cols={o.name: o.column for o in cfg.objectives},
+            sources=[{"path": str(p), "sha256": file_sha256(p)} for p in paths],
+            data_hash=hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()[:16],
+            conflict_warnings=warnings,
+        )
+        atomic_write_json(out / "prepare.json", summary)
+    for w in warnings:
+        print(f"warning: {w}")
+    tracker.log_params({f"data.{k}.groups": v["groups"] for k, v in summary["splits"].items()})
+    tracker.set_tags({"data_hash": summary["data_hash"]})
+    tracker.log_artifacts(layout.prepared, "prepared", patterns=("*.csv", "*.png", "*.json"))
+    return layout.prepared
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    resolved = p if p.is_absolute() else Path.cwd() / p
+    if not resolved.is_file():
+        raise FileNotFoundError(f"data file {resolved} (from data.paths) does not exist")
+    return resolved
+
+
+@dataclass(frozen=True)
+class Prepared:
+    feature_cols: list[str]
+    objective_cols: list[str]
+    data_hash: str
+    directory: Path
+
+    @classmethod
+    def load(cls, cfg: MoftConfig) -> Prepared:
+        directory = Layout.of(cfg).prepared
+        meta = read_json(_require(directory / "prepare.json", "prepare"))
+        return cls(meta["feature_cols"], list(meta["objective_cols"].values()), meta["data_hash"], directory)
+
+    def frame(self, split: str) -> pd.DataFrame:
+        return pd.read_parquet(self.directory / f"{split}.parquet")
+
+    def groups(self, split: str) -> GroupedItems:
+        return GroupedItems.from_frame(self.frame(split), self.feature_cols, self.objective_cols)
+
+
+# ------------------------------------------------------------------------------------------------
+# validate
+
+
+def validate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
+    """Great Expectations suite over the prepared splits; raises with a readable report on failure."""
+    prepared = Prepared.load(cfg)
+    result = validate_ltr(
+        {name: prepared.frame(name) for name in SPLITS},
+        prepared.feature_cols,
+        {o.name: o.column for o in cfg.objectives},
+        "label_main",
+        tuple(cfg.data.label_range),
+    )
+    layout = Layout.of(cfg)
+    with atomic_dir(layout.validation) as out:
+        write_report(result, out)
+        atomic_write_json(out / "status.json", {"success": result.success, "data_hash": prepared.data_hash})
+    tracker.log_metrics({"validation_success": float(result.success)})
+    tracker.log_artifacts(layout.validation, "validation")
+    raise_for_failures(result, layout.validation / "validation.json")
+    return layout.validation
+
+
+def _require_valid(cfg: MoftConfig, prepared: Prepared) -> None:
+    status = read_json(_require(Layout.of(cfg).validation / "status.json", "validate"))
+    if not status["success"] or status["data_hash"] != prepared.data_hash:
+        raise StageInputError(
+            "the prepared data has not passed validation (see "
+            f"{Layout.of(cfg).validation / 'validation.json'}): run `validate` and fix the data"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# train_base
+
+
+def train_base(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
+    """ListNet base scorer on the main label, early-stopped on validation NDCG@k."""
+    prepared = Prepared.load(cfg)
+    _require_valid(cfg, prepared)
+    set_threads(cfg.runtime.threads)
+    device = resolve_device(cfg.runtime.device)
+    train, val, test = (prepared.groups(s) for s in SPLITS)
+    result = train_base_scorer(cfg.base, train, val, cfg.evaluate.k, tracker.log_metrics, device)
+    model: BaseScorer = result.model.cpu()
+    test_metrics = group_metrics(lambda b: model(b.x, b.mask), test, cfg.evaluate.k)
+    metrics = {
+        "val_main_ndcg": result.best_score,
+        "test_main_ndcg": float(np.nanmean(test_metrics.main)),
+        **{
+            f"test_{name}_ndcg": float(np.nanmean(test_metrics.objectives[:, j]))
+            for j, name in enumerate(cfg.objective_names)
+        },
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.seconds,
+    }
+    layout = Layout.of(cfg)
+    with atomic_dir(layout.base) as out:
+        save_base(model, out, cfg, prepared.feature_cols)
+        atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / "history.json", result.history)
+    tracker.log_metrics({k: float(v) for k, v in metrics.items()})
+    tracker.log_artifacts(layout.base, "base")
+    return layout.base
+
+
+def save_base(model: BaseScorer, out: Path, cfg: MoftConfig, feature_cols: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    atomic_write_json(
+        out / "meta.json",
+        {
+            "feature_cols": feature_cols,
+            "model": cfg.base.model.model_dump(),
+            "feature_transform": cfg.base.feature_transform,
+        },
+    )
+
+
+def load_base(directory: Path) -> BaseScorer:
+    from safetensors.torch import load_file
+
+    meta = read_json(_require(directory / "meta.json", "train_base"))
+    model = BaseScorer(len(meta["feature_cols"]), ModelConfig(**meta["model"]), meta["feature_transform"])
+    try:
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    except (RuntimeError, OSError) as exc:
+        raise ValueError(f"{directory / 'model.safetensors'}: not a base scorer checkpoint: {exc}") from None
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# finetune
+
+
+def evaluation_grid(cfg: MoftConfig) -> np.ndarray:
+    if cfg.evaluate.grid is not None:
+        return np.asarray(cfg.evaluate.grid, dtype=np.float64)
+    m = len(cfg.objectives)
+    return pareto.weight_grid(m, 11 if m == 2 else cfg.evaluate.n_points, cfg.evaluate.grid_seed)
+
+
+def finetune(cfg: MoftConfig, method: str, tracker: Tracker = NullTracker(), jobs: int = 1) -> Path:
+    """Fit one multi-objective method on top of the frozen base scorer."""
+    prepared = Prepared.load(cfg)
+    _require_valid(cfg, prepared)
+    set_threads(cfg.runtime.threads, jobs)
+    device = resolve_device(cfg.runtime.device)
+    layout = Layout.of(cfg)
+    base = load_base(layout.base)
+    ctx = FitContext(
+        cfg=cfg,
+        train=prepared.groups("train"),
+        val=prepared.groups("val"),
+        base=base,
+        grid=evaluation_grid(cfg),
+        device=device,
+        log=tracker.log_metrics,
+    )
+    trained = get_method(method).fit(ctx)
+    with atomic_dir(layout.finetuned(method)) as out:
+        trained.save(out)
+    tracker.log_metrics({k: float(v) for k, v in trained.accounting.to_json().items()})
+    tracker.log_model(layout.finetuned(method), layout.base, method, cfg)
+    return layout.finetuned(method)
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
+    """Fronts of every method (and the base point) on the test groups -> pareto.json & friends."""
+    prepared = Prepared.load(cfg)
+    layout = Layout.of(cfg)
+    test = prepared.groups("test")
+    base = load_base(layout.base)
+    grid = evaluation_grid(cfg)
+    m, k = len(cfg.objectives), cfg.evaluate.k
+    ref = np.asarray(cfg.evaluate.reference_point or [0.0] * m, dtype=np.float64)
+    indices = pareto.bootstrap_indices(len(test), cfg.evaluate.bootstrap, cfg.evaluate.bootstrap_seed)
+
+    base_metrics = group_metrics(lambda b: base(b.x, b.mask), test, k)
+    base_front = FrontMetrics(grid[:1], base_metrics.objectives[None], base_metrics.main[None])
+    base_samples = pareto.hypervolume_samples(base_front.objectives, indices, ref, "max")
+    base_main = float(np.nanmean(base_metrics.main))
+    summary: dict = {
+        "profile": cfg.profile,
+        "track": cfg.track,
+        "objectives": cfg.objective_names,
+        "metric": f"ndcg@{k}",
+        "direction": "max",
+        "reference_point": ref.tolist(),
+        "grid": grid.round(6).tolist(),
+        "data_hash": prepared.data_hash,
+        "n_test_groups": len(test),
+        "groups_without_signal": {
+            name: int(np.isnan(base_metrics.objectives[:, j]).sum())
+            for j, name in enumerate(cfg.objective_names)
+        },
+        "base": {
+            "main": base_main,
+            "objectives": base_front.points[0].tolist(),
+            "hypervolume": base_front.hypervolume(ref),
+            "hypervolume_ci95": list(pareto.confidence_interval(base_samples)),
+        },
+        "methods": {},
+        "paired": {},
+    }
+    samples = {"base": base_samples}
+    rows, plot_methods = [], {}
+    for method in cfg.finetune.methods:
+        trained = get_method(method).load(_require(layout.finetuned(method), "finetune"), cfg, base)
+        entry, by_scale = None, {}
+        for c in cfg.evaluate.beta_scales:
+            front = front_metrics(lambda w: trained.policy(w, c), test, grid, k)
+            scale_entry = _method_entry(front, ref, indices, base_main)
+            by_scale[str(c)] = scale_entry
+            if c == 1.0 or entry is None:
+                entry, main_front = scale_entry, front
+            rows += _front_rows(method, c, front, cfg.objective_names)
+        samples[method] = entry.pop("_samples")
+        for e in by_scale.values():
+            e.pop("_samples", None)
+        entry.update(trained.accounting.to_json())
+        if len(by_scale) > 1:
+            entry["beta_scales"] = {c: {kk: e[kk] for kk in ("hypervolume", "points")} for c, e in by_scale.items()}
+        summary["methods"][method] = entry
+        plot_methods[method] = {"points": main_front.points, "main": main_front.main_points, "weights": grid}
+    for a in summary["methods"]:
+        for b in list(summary["methods"]) + ["base"]:
+            if a != b:
+                summary["paired"][f"{a}>{b}"] = pareto.paired_probability(samples[a], samples[b])
+
+    with atomic_dir(layout.reports) as out:
+        atomic_write_json(out / "pareto.json", summary)
+        pd.DataFrame(rows).to_csv(out / "front.csv", index=False, float_format="%.6f")
+        plot_pareto(
+            out / "pareto.png",
+            cfg.objective_names,
+            plot_methods,
+            {"objectives": summary["base"]["objectives"], "main": base_main},
+            f"{cfg.profile}: NDCG@{k} on {len(test)} test queries",
+            reference_point=ref,
+        )
+        atomic_write_json(out / "metrics.json", dvc_metrics(summary))
+    tracker.log_metrics(dvc_metrics(summary))
+    tracker.log_artifacts(layout.reports, "pareto")
+    return layout.pareto_json
+
+
+def _method_entry(front: FrontMetrics, ref: np.ndarray, indices: np.ndarray, base_main: float) -> dict:
+    points, main = front.points, front.main_points
+    hv_samples = pareto.hypervolume_samples(front.objectives, indices, ref, "max")
+    return {
+        "hypervolume": front.hypervolume(ref),
+        "hypervolume_ci95": list(pareto.confidence_interval(hv_samples)),
+        "steerability": pareto.steerability(front.grid, points, "max"),
+        "main_mean": float(main.mean()),
+        "main_std": float(main.std()),
+        "main_retention": float(main.mean() / base_main) if base_main > 0 else float("nan"),
+        "n_non_dominated": int(pareto.non_dominated(points, "max").sum()),
+        "points": [
+            {"w": w.round(6).tolist(), "objectives": p.tolist(), "main": float(mn)}
+            for w, p, mn in zip(front.grid, points, main)
+        ],
+        "_samples": hv_samples,
+    }
+
+
+def _front_rows(method: str, c: float, front: FrontMetrics, names: list[str]) -> list[dict]:
+    keep = pareto.non_dominated(front.points, "max")
+    rows = []
+    for w, p, mn, nd in zip(front.grid, front.points, front.main_points, keep):
+        row = {"method": method, "beta_scale": c}
+        row.update({f"w_{n}": float(x) for n, x in zip(names, w)})
+        row.update({f"ndcg_{n}": float(x) for n, x in zip(names, p)})
+        row.update({"ndcg_main": float(mn), "non_dominated": bool(nd)})
+        rows.append(row)
+    return rows
+
+
+def dvc_metrics(summary: dict) -> dict[str, float]:
+    """Flat scalar metrics (DVC `metrics:` and MLflow)."""
+    out = {"base_hypervolume": summary["base"]["hypervolume"], "base_main_ndcg": summary["base"]["main"]}
+    for name, e in summary["methods"].items():
+        out[f"{name}_hypervolume"] = e["hypervolume"]
+        out[f"{name}_hypervolume_ci_low"] = e["hypervolume_ci95"][0]
+        out[f"{name}_hypervolume_ci_high"] = e["hypervolume_ci95"][1]
+        out[f"{name}_main_mean"] = e["main_mean"]
+        out[f"{name}_main_retention"] = e["main_retention"]
+        for obj, s in zip(summary["objectives"], e["steerability"]):
+            out[f"{name}_steerability_{obj}"] = s
+        out[f"{name}_train_seconds"] = e["train_seconds"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+
+def report(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
+    """The Pareto summary table as markdown (printed by `moft run`, shown as a Prefect artifact)."""
+    layout = Layout.of(cfg)
+    summary = read_json(_require(layout.pareto_json, "evaluate"))
+    path = atomic_write_text(layout.reports / "summary.md", summary_markdown(summary, layout))
+    tracker.log_artifact(path, "pareto")
+    return path
+
+
+def summary_markdown(summary: dict, layout: Layout | None = None) -> str:
+    names = summary["objectives"]
+    metric = summary["metric"].upper()
+    head = ["method", "HV", "HV 95% CI", *[f"steer {n}" for n in names], f"main {metric}", "retention", "train s", "params", "jobs"]
+    lines = [
+        f"### Pareto summary: `{summary['profile']}` ({summary['n_test_groups']} test groups)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    b = summary["base"]
+    lines.append(
+        f"| base | {b['hypervolume']:.4f} | [{b['hypervolume_ci95'][0]:.4f}, {b['hypervolume_ci95'][1]:.4f}] | "
+        + " | ".join("-" for _ in names)
+        + f" | {b['main']:.4f} | 1.00 | - | - | - |"
+    )
+    for name, e in summary["methods"].items():
+        lo, hi = e["hypervolume_ci95"]
+        steer = " | ".join(f"{s:+.2f}" for s in e["steerability"])
+        lines.append(
+            f"| {name} | {e['hypervolume']:.4f} | [{lo:.4f}, {hi:.4f}] | {steer} | "
+            f"{e['main_mean']:.4f} ± {e['main_std']:.4f} | {e['main_retention']:.2f} | "
+            f"{e['train_seconds']:.1f} | {e['trainable_params']:,} | {e['n_jobs']} |"
+        )
+    lines += ["", "Base point per objective: " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, b["objectives"]))]
+    if summary["paired"]:
+        lines.append("Paired bootstrap P(HV_a > HV_b): " + ", ".join(f"{k} {v:.3f}" for k, v in summary["paired"].items()))
+    if layout is not None:
+        lines += ["", f"Plot: `{layout.reports / 'pareto.png'}`  ", f"Summary: `{layout.pareto_json}`"]
+    return "\n".join(lines) + "\n"
