@@ -44,7 +44,7 @@ def _tree_digest(paths: list[Path]) -> str:
 def stage_inputs(cfg: MoftConfig, stage: str, method: str | None) -> list[Path]:
     """Files a stage reads and writes: a cache hit needs both unchanged."""
     layout = stages.Layout.of(cfg)
-    raw = [Path(p) if Path(p).is_absolute() else Path.cwd() / p for p in cfg.data.paths]
+    raw = [_data_path(p) for p in cfg.data.paths]
     return {
         "prepare": raw + [layout.prepared],
         "validate": [layout.prepared, layout.validation],
@@ -53,6 +53,13 @@ def stage_inputs(cfg: MoftConfig, stage: str, method: str | None) -> list[Path]:
         "evaluate": [layout.prepared, layout.base, layout.artifacts / "finetune", layout.reports],
         "report": [layout.pareto_json],
     }[stage]
+
+
+def _data_path(path: str) -> Path:
+    try:
+        return stages.resolve_data_path(path)
+    except FileNotFoundError:  # the stage itself reports it; the key just differs
+        return Path(path)
 
 
 def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:

@@ -429,6 +429,9 @@ def read_params(params_file: Path | None = None) -> tuple[str | None, list[str]]
     overrides = params.get("overrides") or []
     if not isinstance(overrides, list):
         raise ConfigError(f"{path}: `overrides` must be a list of dotted.key=value strings")
+    methods = params.get("methods")
+    if methods is not None:  # the methods dvc.yaml fans out are the ones the pipeline runs
+        overrides = [f"finetune.methods={json.dumps(list(methods))}", *overrides]
     return params.get("profile"), [str(o) for o in overrides]
 
 

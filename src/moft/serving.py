@@ -9,6 +9,7 @@ params through (without one it silently drops them).
 from __future__ import annotations
 
 import json
+import warnings
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -99,14 +100,17 @@ def log_front_model(
         example = pd.DataFrame([[0] + [0.0] * len(feature_cols)], columns=["group_id", *feature_cols])
         example["group_id"] = example["group_id"].astype(str)
         output = pd.DataFrame({"group_id": ["0"], "score": [0.0], "rank": [1]})
-        signature = infer_signature(
-            example, output, params={"weights": [1.0 / m] * m, "beta_scale": 1.0}
-        )
-        mlflow.pyfunc.log_model(
-            name="model",
-            python_model=FrontModel(),
-            artifacts={"front": str(model_dir), "base": str(base_dir), "meta": str(meta)},
-            signature=signature,
-            pip_requirements=[f"moft @ file://{Path(__file__).resolve().parents[2]}"],
-            registered_model_name=registered_name,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+            signature = infer_signature(
+                example, output, params={"weights": [1.0 / m] * m, "beta_scale": 1.0}
+            )
+            mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                input_example=(example, {"weights": [1.0 / m] * m, "beta_scale": 1.0}),
+                artifacts={"front": str(model_dir), "base": str(base_dir), "meta": str(meta)},
+                signature=signature,
+                pip_requirements=[f"moft @ file://{Path(__file__).resolve().parents[2]}"],
+                registered_model_name=registered_name,
+            )

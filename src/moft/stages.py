@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moft.config import ModelConfig, MoftConfig
+from moft.config import PROJECT_ROOT, ModelConfig, MoftConfig
 from moft.data.conflict import agreement_warnings, conflict_matrix
 from moft.data.groups import GroupedItems
 from moft.data.letor import read_letor_files
@@ -90,7 +90,7 @@ def file_sha256(path: Path) -> str:
 
 def prepare(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """Raw svmlight/LETOR files -> objective labels -> group splits -> parquet + conflict matrix."""
-    paths = [_resolve(p) for p in cfg.data.paths]
+    paths = [resolve_data_path(p) for p in cfg.data.paths]
     raw = read_letor_files(paths, cfg.data.n_features, cfg.data.comment_fields)
     group_ids = raw["group_id"].to_numpy()
     table = pd.DataFrame({"group_id": raw["group_id"], "label_main": raw["label"].astype("float64")})
@@ -142,12 +142,13 @@ def prepare(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     return layout.prepared
 
 
-def _resolve(path: str) -> Path:
+def resolve_data_path(path: str) -> Path:
+    """A data path as given, else relative to the working directory, else to the project."""
     p = Path(path)
-    resolved = p if p.is_absolute() else Path.cwd() / p
-    if not resolved.is_file():
-        raise FileNotFoundError(f"data file {resolved} (from data.paths) does not exist")
-    return resolved
+    for candidate in ([p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"data file {path} (from data.paths) does not exist")
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,12 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
 
     with atomic_dir(layout.reports) as out:
         atomic_write_json(out / "pareto.json", summary)
-        pd.DataFrame(rows).to_csv(out / "front.csv", index=False, float_format="%.6f")
+        front = pd.DataFrame(rows)
+        front.to_csv(out / "front.csv", index=False, float_format="%.6f")
+        first_two = [f"ndcg_{n}" for n in cfg.objective_names[:2]]
+        front[front["beta_scale"] == cfg.evaluate.beta_scales[0]][["method", *first_two]].rename(
+            columns=dict(zip(first_two, ["objective_1", "objective_2"]))
+        ).to_csv(out / "front_plot.csv", index=False, float_format="%.6f")
         plot_pareto(
             out / "pareto.png",
             cfg.objective_names,

@@ -214,7 +214,13 @@ def _items_table(
     numeric = [col for col in usable if col != GROUP_COL]
     items = pd.concat(
         [
-            frame[usable].astype({col: np.float64 for col in numeric}).assign(split=split)
+            pd.DataFrame(
+                {
+                    **{col: frame[col].to_numpy() for col in usable if col not in numeric},
+                    **dict(zip(numeric, frame[numeric].to_numpy(np.float64).T)),
+                    "split": split,
+                }
+            )[[*usable, "split"]]
             for split, frame in splits.items()
         ],
         ignore_index=True,
