@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 
 from moft.config import load_config  # noqa: E402
 from moft.io import read_json  # noqa: E402
-from tasks.stages import run_stage, run_validation  # noqa: E402
+from tasks.stages import run_validation, stage  # noqa: E402
 
 
 @flow(name="moft-pipeline", log_prints=True)
@@ -34,17 +34,17 @@ def pipeline(profile: str = "ltr-mslr", overrides: list[str] | None = None, trac
         run_ctx = contextlib.nullcontext(None)
     with run_ctx as parent:
         parent_id = parent.run_id if parent is not None else None
-        run_stage(cfg, "prepare", parent_id)
+        stage(cfg, "prepare", parent_id)
         run_validation(cfg, parent_id)
-        run_stage(cfg, "train_base", parent_id)
+        stage(cfg, "train_base", parent_id)
         methods = cfg.finetune.methods
         futures = [
-            run_stage.submit(cfg, "finetune", parent_id, method=m, jobs=len(methods)) for m in methods
+            stage(cfg, "finetune", parent_id, method=m, jobs=len(methods), submit=True) for m in methods
         ]
         for future in futures:
             future.result()
-        pareto_path = run_stage(cfg, "evaluate", parent_id)
-        summary_md = run_stage(cfg, "report", parent_id)
+        pareto_path = stage(cfg, "evaluate", parent_id)
+        summary_md = stage(cfg, "report", parent_id)
         summary = read_json(Path(pareto_path))
         publish_artifacts(summary, Path(pareto_path).parent, Path(summary_md).read_text())
         if parent is not None:

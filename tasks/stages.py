@@ -42,16 +42,30 @@ def _tree_digest(paths: list[Path]) -> str:
 
 
 def stage_inputs(cfg: MoftConfig, stage: str, method: str | None) -> list[Path]:
-    """Files a stage reads and writes: a cache hit needs both unchanged."""
+    """Files a stage reads: the cache key hashes their content."""
     layout = stages.Layout.of(cfg)
-    raw = [_data_path(p) for p in cfg.data.paths]
+    # status.json (success + data hash), not the report: GX stamps each report with its run time
+    valid = layout.validation / "status.json"
     return {
-        "prepare": raw + [layout.prepared],
-        "validate": [layout.prepared, layout.validation],
-        "train_base": [layout.prepared, layout.validation, layout.base],
-        "finetune": [layout.prepared, layout.base, layout.finetuned(method or "")],
-        "evaluate": [layout.prepared, layout.base, layout.artifacts / "finetune", layout.reports],
+        "prepare": [_data_path(p) for p in cfg.data.paths],
+        "validate": [layout.prepared],
+        "train_base": [layout.prepared, valid],
+        "finetune": [layout.prepared, valid, layout.base],
+        "evaluate": [layout.prepared, layout.base, layout.artifacts / "finetune"],
         "report": [layout.pareto_json],
+    }[stage]
+
+
+def stage_output(cfg: MoftConfig, stage: str, method: str | None) -> Path:
+    """The file whose presence says a stage's outputs exist."""
+    layout = stages.Layout.of(cfg)
+    return {
+        "prepare": layout.prepared / "prepare.json",
+        "validate": layout.validation / "status.json",
+        "train_base": layout.base / "meta.json",
+        "finetune": layout.finetuned(method or "") / "meta.json",
+        "evaluate": layout.pareto_json,
+        "report": layout.reports / "summary.md",
     }[stage]
 
 
@@ -71,6 +85,17 @@ def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     )
 
 
+def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a retry can fix: I/O and tracking-store hiccups (e.g. SQLite locked by a
+    concurrent child run), never a deterministic failure such as bad data or bad config."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # the result itself could not be read: not worth retrying blindly
+        return False
+    text = str(exc).lower()
+    return isinstance(exc, (ConnectionError, TimeoutError)) or "database is locked" in text
+
+
 def _run(stage: str, cfg: MoftConfig, parent_run_id: str | None, **kwargs: Any) -> str:
     fn: Callable[..., Path] = getattr(stages, stage)
     if parent_run_id is None:
@@ -82,11 +107,28 @@ def _run(stage: str, cfg: MoftConfig, parent_run_id: str | None, **kwargs: Any) 
         return str(fn(cfg, tracker=tracker, **kwargs))
 
 
+def stage(
+    cfg: MoftConfig,
+    name: str,
+    parent_run_id: str | None = None,
+    method: str | None = None,
+    jobs: int = 1,
+    submit: bool = False,
+) -> Any:
+    """Run a stage task, reusing a cached result only when the stage's outputs still exist."""
+    task_fn = run_stage.with_options(refresh_cache=not stage_output(cfg, name, method).exists())
+    call = task_fn.submit if submit else task_fn
+    return call(cfg, name, parent_run_id, method=method, jobs=jobs)
+
+
 @task(
     name="stage",
     task_run_name="{stage}",
     cache_key_fn=stage_cache_key,
     persist_result=True,
+    retries=2,
+    retry_delay_seconds=3,
+    retry_condition_fn=transient_failure,
     log_prints=True,
 )
 def run_stage(

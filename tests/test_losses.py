@@ -184,6 +184,11 @@ def test_multi_objective_losses_per_objective_beta_and_zero_on_invalid():
     for j in range(2):
         expected = listnet_dpo_loss(scores, base, targets[..., j], mask, float(betas[j]))
         assert torch.allclose(got[:, j][valid[:, j]], expected[valid[:, j]])
+        assert (expected[valid[:, j]] > 0).all()
+    # whatever the target, an entry marked invalid is zeroed
+    masked_out = valid.clone()
+    masked_out[0, 1] = False
+    assert multi_objective_losses(scores, base, targets, masked_out, mask, betas)[0, 1].item() == 0.0
 
 
 def test_gradients_are_finite_and_zero_on_padded_items():

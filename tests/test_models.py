@@ -56,8 +56,8 @@ def padded_inputs(seed: int = 0):
     x = torch.randn(len(lengths), 6, D, generator=gen)
     mask = torch.arange(6)[None, :] < torch.tensor(lengths)[:, None]
     x[~mask] = 7.0  # padded features are garbage; they must not matter
-    w = torch.distributions.Dirichlet(torch.ones(M)).sample((len(lengths),))
-    return x, mask, w
+    w = torch.rand(len(lengths), M, generator=gen)
+    return x, mask, w / w.sum(-1, keepdim=True)  # one point of the simplex per group
 
 
 def score(model, x, mask, w):
@@ -83,7 +83,6 @@ def build(kind: str):
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_scores_are_batch_by_items_and_zero_on_padding(kind):
-    torch.manual_seed(0)
     x, mask, w = padded_inputs()
     scores = score(build(kind), x, mask, w)
     assert scores.shape == mask.shape
@@ -94,7 +93,6 @@ def test_scores_are_batch_by_items_and_zero_on_padding(kind):
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_scores_do_not_depend_on_padding(kind):
-    torch.manual_seed(0)
     model = build(kind)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 4, D, generator=gen)
@@ -117,7 +115,6 @@ def test_scores_do_not_depend_on_padding(kind):
 
 @pytest.mark.parametrize("kind", MODELS)
 def test_permuting_items_permutes_scores(kind):
-    torch.manual_seed(0)
     model = build(kind)
     x, mask, w = padded_inputs()
     perm = torch.randperm(6, generator=torch.Generator().manual_seed(5))
@@ -179,24 +176,24 @@ def test_augmentation_base_is_frozen_and_hypernetwork_gets_gradient(conditioning
 
 @pytest.mark.parametrize("conditioning", ["film", "concat"])
 def test_training_makes_w_steer_the_scores(conditioning):
-    torch.manual_seed(0)
     model = make_hyper("augmentation", conditioning).train()
     x, mask, _ = padded_inputs()
-    base_scores = score(model.base, x, mask, None)
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    x_train, mask_train = x.repeat(4, 1, 1), mask.repeat(4, 1)  # more w samples per step
+    base_scores = score(model.base, x_train, mask_train, None)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     sampler = torch.distributions.Dirichlet(torch.ones(M))
     for _ in range(40):
         optimiser.zero_grad()
-        dpo_step_loss(model, x, mask, sampler.sample((x.shape[0],)), base_scores).backward()
+        w = sampler.sample((x_train.shape[0],))
+        dpo_step_loss(model, x_train, mask_train, w, base_scores).backward()
         optimiser.step()
     model.eval()
-    margin = {}  # how far item 0 is ahead of item 1 when all weight is on objective j
+    margin = []  # how far item 0 is ahead of item 1 when all weight is on objective j
     for j in range(M):
-        w = torch.nn.functional.one_hot(torch.tensor([j] * x.shape[0]), M).float()
+        w = torch.nn.functional.one_hot(torch.full((x.shape[0],), j), M).float()
         s = score(model, x, mask, w)
-        margin[j] = s[:, 0] - s[:, 1]
-    print(margin)
-    assert (margin[0] - margin[1] > 0.5).all()
+        margin.append(s[:, 0] - s[:, 1])
+    assert (margin[0] - margin[1] > 1.0).all()
 
 
 @pytest.mark.parametrize("conditioning", ["film", "concat"])
@@ -242,12 +239,14 @@ def test_feature_scaler_fit_on_random_data():
     assert torch.allclose(z.std(0), torch.ones(4), atol=1e-4)
 
 
-def test_hyper_scorer_uses_the_base_scaler():
-    model, base = make_hyper("scratch", "film"), make_base()
+@pytest.mark.parametrize("transform", ["standardize", "log1p_standardize"])
+def test_hyper_scorer_uses_the_base_scaler(transform):
+    base = BaseScorer(D, TINY, transform)
+    base.scaler.fit(torch.randn(50, D) * 3 + 1)
+    model = HyperScorer(base, M, TINY, "scratch", "film")
     assert base.scaler.std.sub(1).abs().sum() > 0  # fitted, not the initial statistics
-    assert torch.equal(model.scaler.mean, base.scaler.mean)
-    assert torch.equal(model.scaler.std, base.scaler.std)
-    assert model.scaler.log1p is True
+    x = padded_inputs()[0]
+    assert torch.equal(model.scaler(x), base.scaler(x))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,13 +358,8 @@ def test_loading_into_a_deeper_architecture_names_the_file(tmp_path, cfg):
         HyperDPO().load(tmp_path, cfg, make_base())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="HyperDPO.load lets torch's size-mismatch RuntimeError through instead of a ValueError "
-    "naming the file (load_state_dict(strict=False) still raises on shape mismatches)",
-)
 def test_loading_into_a_wider_architecture_names_the_file(tmp_path, cfg):
+    # torch raises RuntimeError on shape mismatches even with strict=False; load must translate
     trained("augmentation", "film").save(tmp_path)
     edit_meta(tmp_path, hidden=32)
     with pytest.raises(ValueError, match=r"model\.safetensors"):

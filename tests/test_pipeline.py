@@ -64,6 +64,13 @@ def test_prefect_flow_tracks_everything_in_mlflow(prefect_harness, workdir):
     versions = client.search_model_versions("name = 'moft-hyperdpo'")
     assert versions and versions[0].run_id == finetune.info.run_id
 
+    # Input-based caching: the same inputs again reuse every stage's outputs.
+    base_ckpt = workdir / "artifacts" / "ltr-mslr" / "base" / "model.safetensors"
+    stamp = base_ckpt.stat().st_mtime_ns
+    again = pipeline(profile="ltr-mslr", overrides=TINY, tracking=False)
+    assert base_ckpt.stat().st_mtime_ns == stamp
+    assert read_json(Path(again["pareto_json"])) == summary
+
 
 def test_failed_validation_stops_the_flow_and_fails_the_run(prefect_harness, workdir):
     from mlflow import MlflowClient

@@ -499,16 +499,31 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def reference(model: type[BaseModel] = MoftConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted field, default, help) for every field, for `moft config reference` and README."""
+def reference(
+    model: type[BaseModel] = MoftConfig, prefix: str = "", defaults: BaseModel | None = None
+) -> list[tuple[str, str, str]]:
+    """(dotted field, default, help) for every field, for `moft config reference` and README.
+
+    Defaults come from the enclosing section's own default instance, so a section built by a
+    default factory (e.g. the hypernetwork's 64-wide model) shows its real values.
+    """
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         dotted = f"{prefix}{name}"
+        if defaults is not None:
+            default: Any = getattr(defaults, name)
+        elif field.is_required():
+            default = None
+        else:
+            default = field.get_default(call_default_factory=True)
         sub = _model_of(field.annotation)
         if sub is not None and sub is not model:
             rows.append((dotted, "", field.description or ""))
-            rows.extend(reference(sub, dotted + ("[]." if name == "objectives" else ".")))
+            sub_defaults = default if isinstance(default, BaseModel) else None
+            rows.extend(reference(sub, dotted + ("[]." if name == "objectives" else "."), sub_defaults))
             continue
-        default = field.get_default(call_default_factory=True) if not field.is_required() else "required"
-        rows.append((dotted, json.dumps(default) if default != "required" else default, field.description or ""))
+        shown = "required" if default is None and field.is_required() else json.dumps(
+            default.model_dump() if isinstance(default, BaseModel) else default
+        )
+        rows.append((dotted, shown, field.description or ""))
     return rows

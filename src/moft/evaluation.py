@@ -37,7 +37,7 @@ def group_metrics(
     for idx in data.batches(batch_groups, by_size=True):
         order.append(idx)
         batch = data.batch(idx).to(device)
-        scores = policy(batch).float().cpu().numpy()
+        scores = policy(batch).double().cpu().numpy()
         mask = batch.mask.cpu().numpy()
         main.append(ndcg_at_k(scores, batch.main.cpu().numpy(), mask, k))
         labels = batch.objectives.cpu().numpy()

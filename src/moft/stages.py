@@ -29,7 +29,6 @@ from moft.models.scorer import BaseScorer
 from moft.plots import plot_conflict_heatmap, plot_pareto
 from moft.tracker import NullTracker, Tracker
 from moft.training import resolve_device, set_threads, train_base_scorer
-from moft.validation.ltr import raise_for_failures, validate_ltr, write_report
 
 SPLITS = ("train", "val", "test")
 STAGES = ("prepare", "validate", "train_base", "finetune", "evaluate", "report")
@@ -177,6 +176,8 @@ class Prepared:
 
 def validate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """Great Expectations suite over the prepared splits; raises with a readable report on failure."""
+    from moft.validation.ltr import raise_for_failures, validate_ltr, write_report  # GX: ~4 s import
+
     prepared = Prepared.load(cfg)
     result = validate_ltr(
         {name: prepared.frame(name) for name in SPLITS},
@@ -331,8 +332,11 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         "data_hash": prepared.data_hash,
         "n_test_groups": len(test),
         "groups_without_signal": {
-            name: int(np.isnan(base_metrics.objectives[:, j]).sum())
-            for j, name in enumerate(cfg.objective_names)
+            "main": int(np.isnan(base_metrics.main).sum()),
+            **{
+                name: int(np.isnan(base_metrics.objectives[:, j]).sum())
+                for j, name in enumerate(cfg.objective_names)
+            },
         },
         "base": {
             "main": base_main,

@@ -130,7 +130,11 @@ class HyperDPO:
             base, meta["n_objectives"], model_cfg, meta["parametrization"], meta["conditioning"]
         )
         state = load_file(str(path / "model.safetensors"))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches raise even with strict=False
+            raise ValueError(f"{path / 'model.safetensors'} does not fit the architecture in "
+                             f"{path / 'meta.json'}: {str(exc).splitlines()[-1].strip()}") from None
         missing = [k for k in missing if not k.startswith("base.")]
         if missing or unexpected:
             raise ValueError(
