@@ -36,6 +36,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/ltr_base.py
+	$(BIN)/python bench/ltr_methods.py
 
 ui-mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000

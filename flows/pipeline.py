@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 
 from moft.config import load_config  # noqa: E402
 from moft.io import read_json  # noqa: E402
+from moft.stages import finetune_waves  # noqa: E402
 from tasks.stages import run_validation, stage  # noqa: E402
 
 
@@ -37,17 +38,18 @@ def pipeline(profile: str = "ltr-mslr", overrides: list[str] | None = None, trac
         stage(cfg, "prepare", parent_id)
         run_validation(cfg, parent_id)
         stage(cfg, "train_base", parent_id)
-        methods = cfg.finetune.methods
-        futures = [
-            stage(cfg, "finetune", parent_id, method=m, jobs=len(methods), submit=True) for m in methods
-        ]
-        for future in futures:
-            future.result()
+        for wave in finetune_waves(cfg):  # prerequisites first, then the methods, each fanned out
+            futures = [
+                stage(cfg, "finetune", parent_id, method=m, jobs=len(wave), submit=True) for m in wave
+            ]
+            for future in futures:
+                future.result()
         pareto_path = stage(cfg, "evaluate", parent_id)
         summary_md = stage(cfg, "report", parent_id)
         summary = read_json(Path(pareto_path))
         publish_artifacts(summary, Path(pareto_path).parent, Path(summary_md).read_text())
         if parent is not None:
+            parent.set_tags({"moft.data_hash": summary["data_hash"]})
             parent.log_metrics({f"{m}_hypervolume": e["hypervolume"] for m, e in summary["methods"].items()})
             parent.log_artifact(Path(pareto_path).parent / "pareto.png", "pareto")
             parent.log_artifact(Path(pareto_path), "pareto")

@@ -27,6 +27,7 @@ TINY = [
     "base.optim.epochs=3",
     "finetune.hyperdpo.model.hidden=32",
     "finetune.hyperdpo.optim.epochs=4",
+    "finetune.baselines.optim.epochs=2",
     "evaluate.bootstrap=50",
 ]
 

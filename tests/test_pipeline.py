@@ -32,6 +32,10 @@ def test_prefect_flow_tracks_everything_in_mlflow(prefect_harness, workdir):
     assert summary["objectives"] == ["quality2", "url_clicks"]
     assert summary["metric"] == "ndcg@10" and summary["direction"] == "max"
     assert len(summary["grid"]) == 11 and summary["grid"][0] == [0.0, 1.0]
+    assert list(summary["methods"]) == ["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo"]
+    jobs = {name: e["n_jobs"] for name, e in summary["methods"].items()}
+    assert jobs == {"hyperdpo": 1, "dpo_ls": 11, "dpo_soup": 2, "mo_dpo": 2 + 9}
+    assert "hyperdpo>dpo_ls" in summary["paired"] and "hyperdpo>mo_dpo" in summary["paired"]
     entry = summary["methods"]["hyperdpo"]
     for key in ("hypervolume", "hypervolume_ci95", "steerability", "main_mean", "main_std",
                 "train_seconds", "trainable_params", "n_jobs", "points"):
@@ -53,7 +57,9 @@ def test_prefect_flow_tracks_everything_in_mlflow(prefect_harness, workdir):
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
     stages = {r.data.tags["moft.stage"] for r in children}
-    assert stages == {"prepare", "validate", "train_base", "finetune:hyperdpo", "evaluate", "report"}
+    assert stages == {"prepare", "validate", "train_base", "finetune:single_objective", "evaluate", "report"} | {
+        f"finetune:{m}" for m in ("hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo")
+    }
     assert all(r.info.status == "FINISHED" for r in children)
     finetune = next(r for r in children if r.data.tags["moft.stage"] == "finetune:hyperdpo")
     assert "train_loss" in finetune.data.metrics
@@ -107,11 +113,11 @@ def test_dvc_repro_runs_the_stages_and_then_has_nothing_to_do(tmp_path):
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
     overrides = TINY + ["tracking.enabled=false"]
     (tmp_path / "params.yaml").write_text(
-        json.dumps({"profile": "ltr-letor", "methods": ["hyperdpo"], "overrides": overrides})
+        json.dumps({"profile": "ltr-letor", "methods": ["hyperdpo", "dpo_soup", "mo_dpo"], "overrides": overrides})
     )
     _dvc(tmp_path, "init", "--no-scm", "-q")
     first = _dvc(tmp_path, "repro")
-    assert "Running stage 'finetune@hyperdpo'" in first
+    assert "Running stage 'finetune@hyperdpo'" in first and "Running stage 'finetune@mo_dpo'" in first
     pareto = read_json(tmp_path / "reports" / "ltr-letor" / "pareto.json")
     assert pareto["objectives"] == ["short_url", "child_pages"]
     assert "hyperdpo_hypervolume" in read_json(tmp_path / "reports" / "ltr-letor" / "metrics.json")
@@ -128,7 +134,7 @@ def test_letor_profile_takes_any_file_of_that_layout(workdir):
     lines = gzip.open(PROJECT_ROOT / "data/samples/letor-mq2008/vali.txt.gz", "rt").read().splitlines()
     other = workdir / "other-letor.txt"
     other.write_text("\n".join(lines[-900:]) + "\n")  # a different, smaller LETOR 4.0 file
-    cfg = load_config("ltr-letor", TINY + [f"data.path={other}"])
+    cfg = load_config("ltr-letor", TINY + [f"data.path={other}", "finetune.methods=[hyperdpo]"])
     for name in ("prepare", "validate", "train_base"):
         getattr(stages, name)(cfg)
     stages.finetune(cfg, "hyperdpo")

@@ -214,14 +214,39 @@ class HyperDPOConfig(Section):
         return v
 
 
+MethodName = Literal["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo"]
+
+
+class BaselinesConfig(Section):
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(epochs=20, patience=6, eval_every=2),
+        description="Budget of every fixed-weight model the baselines train (one DPO-LS model per "
+        "grid point, one single-objective model per objective, one MO-DPO model per grid "
+        "point). Architecture and parametrization are HyperDPO's, with w fixed.",
+    )
+
+
 class FinetuneConfig(Section):
-    methods: list[Literal["hyperdpo"]] = Field(
-        default_factory=lambda: ["hyperdpo"], min_length=1,
-        description="Multi-objective fine-tuning methods to run, each on the same data and grid.",
+    methods: list[MethodName] = Field(
+        default_factory=lambda: ["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo"],
+        min_length=1,
+        description="Multi-objective fine-tuning methods to run, each on the same data and grid: "
+        "`hyperdpo` (one conditioned model), `dpo_ls` (one model per grid point), `dpo_soup` "
+        "(single-objective models, interpolated), `mo_dpo` (margin-adjusted model per point).",
     )
     hyperdpo: HyperDPOConfig = Field(
         default_factory=HyperDPOConfig, description="HyperDPO settings (SPEC 5.2)."
     )
+    baselines: BaselinesConfig = Field(
+        default_factory=BaselinesConfig, description="DPO-LS, DPO Soup and MO-DPO (SPEC 5.3)."
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods {v} are listed more than once")
+        return v
 
 
 class EvaluateConfig(Section):

@@ -73,7 +73,10 @@ def score_frame(front: Any, feature_cols: list[str], m: int, frame: pd.DataFrame
     items = frame.iloc[order].reset_index(drop=True)
     items["label_main"] = 0.0
     grouped = GroupedItems.from_frame(items, feature_cols, [])
-    policy = front.policy(weights, beta_scale)
+    try:
+        policy = front.policy(weights, beta_scale)
+    except ValueError as exc:  # e.g. a per-grid-point baseline asked for an untrained trade-off
+        raise bad_request(str(exc)) from None
     scores = np.zeros(len(items))
     with torch.no_grad():
         for idx in grouped.batches(64):

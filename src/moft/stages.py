@@ -270,6 +270,13 @@ def load_base(directory: Path) -> BaseScorer:
 # finetune
 
 
+def finetune_waves(cfg: MoftConfig) -> list[list[str]]:
+    """Finetune jobs in dependency order: prerequisites (shared single-objective models) first,
+    then every configured method; jobs within a wave are independent and may run concurrently."""
+    needed = sorted({r for m in cfg.finetune.methods for r in get_method(m).requires})
+    return [w for w in (needed, list(cfg.finetune.methods)) if w]
+
+
 def evaluation_grid(cfg: MoftConfig) -> np.ndarray:
     if cfg.evaluate.grid is not None:
         return np.asarray(cfg.evaluate.grid, dtype=np.float64)
@@ -285,6 +292,11 @@ def finetune(cfg: MoftConfig, method: str, tracker: Tracker = NullTracker(), job
     device = resolve_device(cfg.runtime.device)
     layout = Layout.of(cfg)
     base = load_base(layout.base)
+    runner = get_method(method)
+    prerequisites = {
+        name: get_method(name).load(_require(layout.finetuned(name), f"finetune --method {name}"), cfg, base)
+        for name in runner.requires
+    }
     ctx = FitContext(
         cfg=cfg,
         train=prepared.groups("train"),
@@ -293,8 +305,9 @@ def finetune(cfg: MoftConfig, method: str, tracker: Tracker = NullTracker(), job
         grid=evaluation_grid(cfg),
         device=device,
         log=tracker.log_metrics,
+        prerequisites=prerequisites,
     )
-    trained = get_method(method).fit(ctx)
+    trained = runner.fit(ctx)
     with atomic_dir(layout.finetuned(method)) as out:
         trained.save(out)
     tracker.log_metrics({k: float(v) for k, v in trained.accounting.to_json().items()})

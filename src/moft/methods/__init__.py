@@ -8,7 +8,7 @@ a new method (a baseline, MOPO, an LLM method) plugs in by adding a module and a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -43,6 +43,7 @@ class FitContext:
     grid: np.ndarray  # (P, m): the evaluation grid, for methods that train one model per point
     device: str = "cpu"
     log: MetricLogger = no_log
+    prerequisites: dict[str, TrainedFront] = field(default_factory=dict)  # e.g. single models
 
 
 class TrainedFront(Protocol):
@@ -56,6 +57,7 @@ class TrainedFront(Protocol):
 
 class Method(Protocol):
     name: str
+    requires: tuple[str, ...]  # methods whose trained artefacts fit() receives as prerequisites
 
     def fit(self, ctx: FitContext) -> TrainedFront: ...
 
@@ -80,9 +82,12 @@ def temperature_scaled(
 
 
 def get_method(name: str) -> Method:
+    from moft.methods.baselines import DPOLS, MODPO, DPOSoup, SingleObjective
     from moft.methods.hyperdpo import HyperDPO
 
-    registry: dict[str, Method] = {"hyperdpo": HyperDPO()}
-    if name not in registry:
+    registry: dict[str, Method] = {
+        m.name: m for m in (HyperDPO(), DPOLS(), DPOSoup(), MODPO(), SingleObjective())
+    }
+    if name not in registry:  # the config validates names; this guards direct calls
         raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(registry))}")
     return registry[name]

@@ -19,19 +19,10 @@ from moft.config import ModelConfig, MoftConfig
 from moft.data.groups import Batch
 from moft.evaluation import Policy, front_metrics
 from moft.io import atomic_write_json, read_json
-from moft.losses import multi_objective_losses, normalise_labels, scalarised_loss
 from moft.methods import Accounting, FitContext, temperature_scaled
+from moft.methods.common import ObjectiveLoss, new_scorer
 from moft.models.scorer import BaseScorer, HyperScorer
 from moft.training import fit
-
-
-def objective_targets(batch: Batch, label_norms: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised ListNet targets of every objective: (B, n, m) and validity (B, m)."""
-    pairs = [
-        normalise_labels(batch.objectives[..., j], batch.mask, kind)
-        for j, kind in enumerate(label_norms)
-    ]
-    return torch.stack([t for t, _ in pairs], -1), torch.stack([v for _, v in pairs], -1)
 
 
 def dirichlet(alpha: float | list[float], m: int, device: str = "cpu") -> torch.distributions.Dirichlet:
@@ -84,30 +75,23 @@ class TrainedHyperDPO:
 
 class HyperDPO:
     name = "hyperdpo"
+    requires: tuple[str, ...] = ()
 
     def fit(self, ctx: FitContext) -> TrainedHyperDPO:
         hcfg = ctx.cfg.finetune.hyperdpo
         m = len(ctx.cfg.objectives)
         torch.manual_seed(hcfg.optim.seed)
-        model = HyperScorer(ctx.base, m, hcfg.model, hcfg.parametrization, hcfg.conditioning)
-        model.to(ctx.device)
+        model = new_scorer(ctx)
         base = ctx.base.to(ctx.device).eval()
-        norms = [o.label_norm for o in ctx.cfg.objectives]
-        betas = torch.tensor([o.beta for o in ctx.cfg.objectives], device=ctx.device)
+        objective_loss = ObjectiveLoss(ctx.cfg, base, ctx.device)
         sampler = dirichlet(hcfg.alpha, m, ctx.device)
         ref = np.asarray(ctx.cfg.evaluate.reference_point or [0.0] * m)
 
         def step_loss(batch: Batch, rng: np.random.Generator) -> torch.Tensor:
             b = batch.x.shape[0]
-            w = sampler.sample((b,)) if hcfg.weight_sampling == "group" else sampler.sample().expand(b, -1)
-            with torch.no_grad():
-                base_scores = base(batch.x, batch.mask)
-            targets, valid = objective_targets(batch, norms)
-            group_losses = multi_objective_losses(
-                model(batch.x, batch.mask, w, base_scores), base_scores, targets, valid, batch.mask, betas
-            )
-            loss, _ = scalarised_loss(group_losses, valid, w, hcfg.cosine_lambda)
-            return loss
+            per_group = hcfg.weight_sampling == "group"
+            w = sampler.sample((b,)) if per_group else sampler.sample().expand(b, -1)
+            return objective_loss.weighted(model, batch, w, hcfg.cosine_lambda)
 
         trained = TrainedHyperDPO(
             model, base, hcfg.model, Accounting(0.0, 1, model.trainable_parameters())
