@@ -36,7 +36,8 @@ test: install
 
 bench: install
 	$(BIN)/python bench/ltr_base.py
-	$(BIN)/python bench/ltr_methods.py
+	$(BIN)/python bench/ltr_methods.py --no-ablations
+	$(BIN)/python bench/ltr_methods.py --profiles --out bench/results/ltr_ablations.json
 
 ui-mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000

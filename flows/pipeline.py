@@ -66,13 +66,34 @@ def publish_artifacts(summary: dict, report_dir: Path, summary_md: str) -> None:
             row["main"] = round(p["main"], 4)
             rows.append(row)
     key = summary["profile"].replace("_", "-").lower()
-    create_table_artifact(key=f"{key}-front", table=rows, description=f"Front of {summary['profile']}")
+    create_table_artifact(key=f"{key}-front", table=rows, description=f"Fronts of {summary['profile']}")
+    comparison = [
+        {
+            "method": method,
+            "HV": round(e["hypervolume"], 4),
+            "HV 95% CI": "[{:.4f}, {:.4f}]".format(*e["hypervolume_ci95"]),
+            "P(hyperdpo HV greater)": _rounded(summary["paired"].get(f"hyperdpo>{method}")),
+            **{f"steer {n}": round(v, 2) for n, v in zip(summary["objectives"], e["steerability"])},
+            "main": f"{e['main_mean']:.4f} ± {e['main_std']:.4f}",
+            "train s": round(e["train_seconds"], 1),
+            "jobs": e["n_jobs"],
+            "params": e["trainable_params"],
+        }
+        for method, e in summary["methods"].items()
+    ]
+    create_table_artifact(
+        key=f"{key}-methods", table=comparison, description=f"Methods compared on {summary['profile']}"
+    )
     plot = (report_dir / "pareto.png").resolve()
     create_markdown_artifact(
         key=f"{key}-summary",
         markdown=f"{summary_md}\n\n![Pareto plot]({plot.as_uri()})\n\n[pareto.png]({plot.as_uri()})",
         description=f"Pareto summary of {summary['profile']}",
     )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 if __name__ == "__main__":

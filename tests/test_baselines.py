@@ -119,3 +119,14 @@ def _arch(cfg):
     return architecture(cfg)
 
 
+
+
+def test_weight_sampling_is_seeded_and_per_step_shares_one_vector():
+    from moft.methods.hyperdpo import sample_weights
+
+    a = sample_weights(np.random.default_rng(3), 0.5, 3, 4, per_group=True)
+    b = sample_weights(np.random.default_rng(3), 0.5, 3, 4, per_group=True)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (4, 3) and np.allclose(a.sum(1), 1) and len({tuple(r) for r in a}) == 4
+    step = sample_weights(np.random.default_rng(3), [0.5, 1.0, 2.0], 3, 4, per_group=False)
+    assert np.all(step == step[0]) and np.isclose(step[0].sum(), 1)

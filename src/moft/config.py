@@ -178,8 +178,10 @@ class HyperDPOConfig(Section):
         "s(y, w) = s_base(y) + Delta(y, w) with the base frozen (HyperDPO appendix B.2.3).",
     )
     model: ModelConfig = Field(
-        default_factory=lambda: ModelConfig(hidden=64, layers=2),
-        description="Hypernetwork architecture (paper: 2 layers, hidden 64).",
+        default_factory=lambda: ModelConfig(hidden=64, layers=2, dropout=0.0),
+        description="Hypernetwork architecture (paper: 2 layers, hidden 64). No dropout by "
+        "default: concurrent jobs share torch's global generator, so dropout masks would make "
+        "runs irreproducible; the frozen base and early stopping regularise instead.",
     )
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(epochs=60, patience=15, eval_every=2),

@@ -3,6 +3,7 @@ training (the baselines' unit of work) and checkpoints of several scorers in one
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,10 +77,19 @@ class ObjectiveLoss:
         return per_group[valid].mean() if valid.any() else per_group.sum() * 0.0
 
 
-def new_scorer(ctx: FitContext) -> HyperScorer:
-    """The architecture every method trains: HyperDPO's hypernetwork (fixed w for baselines)."""
+_INIT_LOCK = threading.Lock()
+
+
+def new_scorer(ctx: FitContext, seed: int) -> HyperScorer:
+    """The architecture every method trains: HyperDPO's hypernetwork (fixed w for baselines).
+
+    Seeding and initialisation hold a lock: concurrent jobs (Prefect runs methods in threads)
+    share torch's global generator, and an interleaved draw would make runs irreproducible.
+    """
     h = ctx.cfg.finetune.hyperdpo
-    model = HyperScorer(ctx.base, len(ctx.cfg.objectives), h.model, h.parametrization, h.conditioning)
+    with _INIT_LOCK:
+        torch.manual_seed(seed)
+        model = HyperScorer(ctx.base, len(ctx.cfg.objectives), h.model, h.parametrization, h.conditioning)
     return model.to(ctx.device)
 
 
@@ -103,8 +113,7 @@ def train_fixed_weight(
 
     Returns the model and its wall time.
     """
-    torch.manual_seed(optim.seed)
-    model = new_scorer(ctx)
+    model = new_scorer(ctx, optim.seed)
     k = ctx.cfg.evaluate.k
 
     def validate() -> float:

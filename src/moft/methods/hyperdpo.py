@@ -25,9 +25,17 @@ from moft.models.scorer import BaseScorer, HyperScorer
 from moft.training import fit
 
 
-def dirichlet(alpha: float | list[float], m: int, device: str = "cpu") -> torch.distributions.Dirichlet:
-    conc = torch.as_tensor(alpha if isinstance(alpha, list) else [alpha] * m, dtype=torch.float32)
-    return torch.distributions.Dirichlet(conc.to(device))
+def sample_weights(
+    rng: np.random.Generator, alpha: float | list[float], m: int, n: int, per_group: bool
+) -> np.ndarray:
+    """(n, m) weight vectors from Dir(alpha): one per group, or one shared by the whole step.
+
+    Drawn from the fit's own numpy generator, not torch's global one, so that concurrent jobs
+    stay reproducible.
+    """
+    conc = np.asarray(alpha if isinstance(alpha, list) else [alpha] * m, dtype=np.float64)
+    w = rng.dirichlet(conc, size=n if per_group else 1)
+    return np.repeat(w, n, axis=0) if not per_group else w
 
 
 @dataclass
@@ -80,17 +88,15 @@ class HyperDPO:
     def fit(self, ctx: FitContext) -> TrainedHyperDPO:
         hcfg = ctx.cfg.finetune.hyperdpo
         m = len(ctx.cfg.objectives)
-        torch.manual_seed(hcfg.optim.seed)
-        model = new_scorer(ctx)
+        model = new_scorer(ctx, hcfg.optim.seed)
         base = ctx.base.to(ctx.device).eval()
         objective_loss = ObjectiveLoss(ctx.cfg, base, ctx.device)
-        sampler = dirichlet(hcfg.alpha, m, ctx.device)
         ref = np.asarray(ctx.cfg.evaluate.reference_point or [0.0] * m)
+        per_group = hcfg.weight_sampling == "group"
 
         def step_loss(batch: Batch, rng: np.random.Generator) -> torch.Tensor:
-            b = batch.x.shape[0]
-            per_group = hcfg.weight_sampling == "group"
-            w = sampler.sample((b,)) if per_group else sampler.sample().expand(b, -1)
+            w = sample_weights(rng, hcfg.alpha, m, batch.x.shape[0], per_group)
+            w = torch.as_tensor(w, dtype=torch.float32, device=batch.x.device)
             return objective_loss.weighted(model, batch, w, hcfg.cosine_lambda)
 
         trained = TrainedHyperDPO(
