@@ -327,3 +327,12 @@ def test_reference_defaults_are_the_real_defaults():
     assert defaults["finetune.hyperdpo.model.hidden"] == str(cfg.finetune.hyperdpo.model.hidden) == "64"
     assert defaults["finetune.hyperdpo.optim.epochs"] == str(cfg.finetune.hyperdpo.optim.epochs)
     assert defaults["finetune.hyperdpo.optim.epochs"] != defaults["base.optim.epochs"]
+
+
+def test_partial_override_of_a_nested_section_keeps_its_other_defaults():
+    """`--set finetune.hyperdpo.model.layers=3` must not reset the hypernetwork to 128 wide."""
+    cfg = load_config("ltr-mslr", ["finetune.hyperdpo.model.layers=3", "finetune.baselines.optim.epochs=2"])
+    assert cfg.finetune.hyperdpo.model.layers == 3
+    assert cfg.finetune.hyperdpo.model.hidden == 64 and cfg.finetune.hyperdpo.model.dropout == 0.0
+    assert cfg.finetune.baselines.optim.epochs == 2 and cfg.finetune.baselines.optim.patience == 6
+    assert load_config("ltr-mslr").finetune.hyperdpo.optim.epochs == 60
