@@ -123,9 +123,17 @@ def stage(
     return call(cfg, name, parent_run_id, method=method, jobs=jobs)
 
 
+def _task_run_name() -> str:
+    """`finetune:dpo_ls`-style names, so the UI tells the fanned-out jobs apart."""
+    from prefect.runtime import task_run
+
+    params = task_run.parameters
+    return f"{params['stage']}:{params['method']}" if params.get("method") else params["stage"]
+
+
 @task(
     name="stage",
-    task_run_name="{stage}",
+    task_run_name=_task_run_name,
     cache_key_fn=stage_cache_key,
     persist_result=True,
     retries=2,
