@@ -193,9 +193,3 @@ def stage_run(
     run = client.create_run(exp_id, tags=tags)
     with _terminal_status(client, run.info.run_id):
         yield MlflowTracker(client, run.info.run_id, cfg)
-
-
-def tag_parent(cfg: MoftConfig, run_id: str, tags: dict[str, str]) -> None:
-    client = _client(cfg)
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v)
