@@ -85,6 +85,37 @@ def stage(
     typer.echo(f"{label}: {out}")
 
 
+@app.command()
+def score(
+    model: Annotated[str, typer.Option(help="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model, a run id or a model directory.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="LETOR/svmlight file of groups to rank (plain or .gz).")],
+    weights: Annotated[Optional[str], typer.Option(help="Trade-off w, comma-separated, on the simplex (default: uniform).")] = None,
+    beta_scale: Annotated[float, typer.Option(help="Temperature scale c > 0 (Proposition 3.1); 1 = as trained.")] = 1.0,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Per-item CSV; rankings go to <stem>.rankings.csv beside it.")] = None,
+) -> None:
+    """Rank the groups of a file at any trade-off and temperature with a trained front."""
+    from mlflow.exceptions import MlflowException
+
+    from moft.serving import score_file
+
+    try:
+        w = [float(x) for x in weights.split(",")] if weights else None
+    except ValueError:
+        typer.secho(f"--weights {weights!r} must be comma-separated numbers", fg="red", err=True)
+        raise typer.Exit(2) from None
+    try:
+        items, rankings = score_file(model, input, w, beta_scale, output)
+    except (MlflowException, ValueError, FileNotFoundError, OSError) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        typer.secho(f"moft score: {message}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    if output is None:
+        typer.echo(rankings.to_csv(index=False), nl=False)
+    else:
+        typer.echo(f"scored {len(items)} items in {len(rankings)} groups -> {output} and "
+                   f"{output.with_name(output.stem + '.rankings.csv')}")
+
+
 @config_app.command("show")
 def config_show(profile: Profile = None, overrides: Overrides = None) -> None:
     """Print the resolved configuration as JSON."""

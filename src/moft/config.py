@@ -251,7 +251,30 @@ class HyperDPOConfig(Section):
         return v
 
 
-MethodName = Literal["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo"]
+class TemperatureHyperConfig(HyperDPOConfig):
+    beta_low: PositiveFloat = Field(
+        0.67,
+        description="Lower end of the temperature box D(beta) = Unif([low, high]^m), as a factor "
+        "of each objective's `beta` (paper appendix C: [0.67, 1.5]^2).",
+    )
+    beta_high: PositiveFloat = Field(
+        1.5, description="Upper end of the temperature box D(beta), as a factor of `beta`."
+    )
+    eval_betas: list[list[PositiveFloat]] | None = Field(
+        None,
+        description="Temperature vectors (factors of each objective's `beta`, one entry per "
+        "objective) at which `hyperdpo_temp` fronts are drawn; default: the box centre and, per "
+        "objective, that objective at `beta_high` with the others at `beta_low`.",
+    )
+
+    @model_validator(mode="after")
+    def _box(self) -> "TemperatureHyperConfig":
+        if self.beta_low > self.beta_high:
+            raise ValueError(f"beta_low {self.beta_low} must not exceed beta_high {self.beta_high}")
+        return self
+
+
+MethodName = Literal["hyperdpo", "hyperdpo_temp", "dpo_ls", "dpo_soup", "mo_dpo"]
 
 
 class BaselinesConfig(Section):
@@ -269,10 +292,16 @@ class FinetuneConfig(Section):
         min_length=1,
         description="Multi-objective fine-tuning methods to run, each on the same data and grid: "
         "`hyperdpo` (one conditioned model), `dpo_ls` (one model per grid point), `dpo_soup` "
-        "(single-objective models, interpolated), `mo_dpo` (margin-adjusted model per point).",
+        "(single-objective models, interpolated), `mo_dpo` (margin-adjusted model per point); "
+        "`hyperdpo_temp` (HyperDPO also conditioned on the temperature, Algorithm 2) on request.",
     )
     hyperdpo: HyperDPOConfig = Field(
         default_factory=HyperDPOConfig, description="HyperDPO settings (SPEC 5.2)."
+    )
+    hyperdpo_temp: TemperatureHyperConfig = Field(
+        default_factory=TemperatureHyperConfig,
+        description="The temperature hypernetwork (SPEC 5.2, paper Algorithm 2): HyperDPO "
+        "conditioned on w and beta / |beta|_1, trained with beta ~ D(beta).",
     )
     baselines: BaselinesConfig = Field(
         default_factory=BaselinesConfig, description="DPO-LS, DPO Soup and MO-DPO (SPEC 5.3)."
@@ -301,8 +330,10 @@ class EvaluateConfig(Section):
     bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples over test groups.")
     bootstrap_seed: int = Field(0, description="Seed of the bootstrap resamples.")
     beta_scales: list[PositiveFloat] = Field(
-        default_factory=lambda: [1.0],
-        description="Temperature scales c of Proposition 3.1 at which fronts are drawn.",
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
+        min_length=1,
+        description="Temperature scales c of Proposition 3.1 at which every method's front is "
+        "drawn (scores (1 - 1/c) s_base + (1/c) s); c = 1 (or the first) is the headline front.",
     )
 
     @field_validator("grid")
@@ -338,6 +369,32 @@ class RuntimeConfig(Section):
     device: Literal["cpu", "cuda", "auto"] = Field(
         "auto", description="Where to train: `auto` takes a GPU when there is one."
     )
+    finetune_backend: Literal["in_process", "deployment"] = Field(
+        "in_process",
+        description="Where finetune jobs run: `in_process` (the pipeline's own process, methods "
+        "fanned out over threads) or `deployment` (one flow run per method of "
+        "`runtime.finetune_deployment`, e.g. on a GPU work pool). Deployment workers read and "
+        "write the pipeline's artifacts directory and MLflow store at the same absolute paths, "
+        "so those must be on storage the workers share.",
+    )
+    finetune_deployment: str = Field(
+        "moft-finetune/moft-finetune",
+        description="`flow/deployment` started per method when `finetune_backend` is "
+        "`deployment` (declared in prefect.yaml).",
+    )
+    finetune_timeout: PositiveFloat | None = Field(
+        21600.0,
+        description="Seconds the pipeline waits for each finetune flow run of the deployment "
+        "before failing; null waits forever.",
+    )
+
+    @field_validator("finetune_deployment")
+    @classmethod
+    def _flow_slash_deployment(cls, v: str) -> str:
+        flow_name, _, deployment = v.partition("/")
+        if not flow_name or not deployment:
+            raise ValueError(f"{v!r} must name a deployment as `flow-name/deployment-name`")
+        return v
 
 
 class MoftConfig(Section):
@@ -381,9 +438,13 @@ class MoftConfig(Section):
                     f"objective {o.name!r} reads feature {o.feature} but data.n_features is "
                     f"{self.data.n_features}"
                 )
-        alpha = self.finetune.hyperdpo.alpha
-        if isinstance(alpha, list) and len(alpha) != m:
-            raise ValueError(f"finetune.hyperdpo.alpha has {len(alpha)} values for {m} objectives")
+        for section in ("hyperdpo", "hyperdpo_temp"):
+            alpha = getattr(self.finetune, section).alpha
+            if isinstance(alpha, list) and len(alpha) != m:
+                raise ValueError(f"finetune.{section}.alpha has {len(alpha)} values for {m} objectives")
+        betas = self.finetune.hyperdpo_temp.eval_betas
+        if betas is not None and any(len(b) != m for b in betas):
+            raise ValueError(f"every finetune.hyperdpo_temp.eval_betas row needs {m} values (one per objective)")
         if self.evaluate.grid is not None and any(len(w) != m for w in self.evaluate.grid):
             raise ValueError(f"every evaluate.grid row needs {m} weights (one per objective)")
         ref = self.evaluate.reference_point

@@ -87,11 +87,14 @@ def multi_objective_losses(
 ) -> torch.Tensor:
     """Listwise DPO loss of every objective for every group: (B, m).
 
-    ``targets`` is (B, n, m) (normalised labels), ``valid`` (B, m), ``betas`` (m,). Entries of
+    ``targets`` is (B, n, m) (normalised labels), ``valid`` (B, m), ``betas`` (m,) or one
+    temperature vector per group (B, m) (the temperature hypernetwork samples them). Entries of
     groups without signal for an objective are 0 (use ``valid`` to average them out).
     """
     per = [
-        listnet_dpo_loss(scores, base_scores, targets[..., j], mask, betas[j])
+        listnet_dpo_loss(
+            scores, base_scores, targets[..., j], mask, betas[j] if betas.dim() == 1 else betas[:, j, None]
+        )
         for j in range(targets.shape[-1])
     ]
     return torch.stack(per, dim=-1) * valid

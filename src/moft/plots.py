@@ -273,3 +273,57 @@ def plot_training_curves(
     ax.set_title(title)
     ax.legend(fontsize="small")
     return _save_png(figure, path)
+
+
+def plot_temperature_fronts(
+    path: str | os.PathLike,
+    objective_names: list[str],
+    methods: dict[str, dict[str, dict[str, Any]]],
+    base: dict | None,
+    title: str,
+    direction: Direction = "max",
+    main_label: str = "main NDCG@10",
+) -> Path:
+    """One panel per method: its fronts at several temperatures, coloured by the main metric.
+
+    Args:
+        methods: method -> temperature label (e.g. "c=2" or "beta=0.67,1.5") -> {"points": (P, m),
+            "main": (P,), "weights": (P, m)}; the first two objectives are drawn.
+        base: the base model's point and main metric (a star), or None.
+
+    Each temperature's points are joined in grid order with a line of its own style and labelled
+    at its first point; all panels share one colour scale so the main metric compares across them.
+    """
+    m = len(objective_names)
+    if m < 2:
+        raise ValueError(f"objective_names must name at least 2 objectives, got {objective_names}")
+    if not methods:
+        raise ValueError("methods must hold at least one method to plot")
+    checked = {name: _check_methods(fronts, m) for name, fronts in methods.items()}
+    norm = _main_norm({f"{n}/{t}": f for n, fr in checked.items() for t, f in fr.items()}, base)
+    n_cols = min(3, len(checked))
+    n_rows = -(-len(checked) // n_cols)
+    figure = _new_figure(4.6 * n_cols + 0.8, 4.2 * n_rows)
+    axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
+    styles = ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3))]
+    for ax, (name, fronts) in zip(axes, checked.items()):
+        for style, (label, front) in zip(cycle(styles), fronts.items()):
+            points = front["points"]
+            ax.plot(points[:, 0], points[:, 1], color="grey", linestyle=style, linewidth=1, label=label)
+            ax.scatter(points[:, 0], points[:, 1], c=front["main"], cmap=MAIN_CMAP, norm=norm, s=22, zorder=3)
+            nd = non_dominated(points, direction)
+            ax.scatter(points[nd, 0], points[nd, 1], facecolors="none", edgecolors="grey", s=70, zorder=4)
+        if base is not None:
+            ax.scatter(
+                base["objectives"][0], base["objectives"][1], c=[base["main"]], cmap=MAIN_CMAP,
+                norm=norm, marker="*", s=220, edgecolors="black", zorder=5, label="base",
+            )
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel(objective_names[0])
+        ax.set_ylabel(objective_names[1])
+        ax.legend(fontsize="x-small")
+    for unused in axes[len(checked):]:
+        unused.set_visible(False)
+    figure.colorbar(ScalarMappable(norm=norm, cmap=MAIN_CMAP), ax=list(axes[: len(checked)]), label=main_label)
+    figure.suptitle(title)
+    return _save_png(figure, path)

@@ -117,3 +117,75 @@ def log_front_model(
                 pip_requirements=[f"moft @ file://{Path(__file__).resolve().parents[2]}"],
                 registered_model_name=registered_name,
             )
+
+
+def resolve_model_uri(model: str) -> str:
+    """A model reference as MLflow understands it: ``models:/...``, ``runs:/...`` and paths pass
+    through; a bare run id means that run's logged ``model``."""
+    import re
+
+    if "://" in model or model.startswith(("models:/", "runs:/")) or Path(model).exists():
+        return model
+    if re.fullmatch(r"[0-9a-f]{32}", model):
+        return f"runs:/{model}/model"
+    raise ValueError(
+        f"--model {model!r} is neither a models:/<name>@<alias> or models:/<name>/<version> URI, "
+        "a runs:/<run id>/model URI, a run id, nor an existing model directory"
+    )
+
+
+def score_file(
+    model: str,
+    input_path: Path,
+    weights: list[float] | None,
+    beta_scale: float = 1.0,
+    output: Path | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``moft score``: rank every group of a LETOR file at one trade-off with a logged model.
+
+    Returns (items, rankings): one row per item (``group_id``, ``item`` = its position in the
+    group in the file, ``label`` as in the file, ``score``, ``rank``) and one row per group (the
+    item positions best first). With ``output`` both are written atomically as CSV: the items to
+    ``output`` and the rankings next to it as ``<stem>.rankings.csv``.
+    """
+    from moft.data.letor import read_letor
+    from moft.io import atomic_write_text
+    from moft.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    uri = resolve_model_uri(model)
+    frame = read_letor(input_path)
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    params: dict[str, Any] = {"beta_scale": float(beta_scale)}
+    if weights is not None:
+        params["weights"] = [float(w) for w in weights]
+    schema = pyfunc.metadata.get_input_schema()
+    needed = schema.input_names() if schema is not None else [c for c in frame.columns if c != "label"]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        have = sum(c.startswith("f") for c in frame.columns)
+        raise ValueError(
+            f"{input_path} has {have} features but the model reads {len(needed) - 1} "
+            f"(group_id + features up to {needed[-1]}); missing {len(missing)}, e.g. {missing[:5]}"
+        )
+    scored = pyfunc.predict(frame[needed], params=params)
+    items = pd.DataFrame({
+        "group_id": frame["group_id"].astype(str),
+        "item": frame.groupby("group_id", sort=False).cumcount(),
+        "label": frame["label"],
+        "score": scored["score"].to_numpy(),
+        "rank": scored["rank"].to_numpy(),
+    })
+    rankings = (
+        items.sort_values(["rank"], kind="stable")
+        .groupby("group_id", sort=False)["item"]
+        .apply(lambda s: " ".join(map(str, s)))
+        .reindex(items["group_id"].unique())
+        .rename("ranking")
+        .reset_index()
+    )
+    if output is not None:
+        output = Path(output)
+        atomic_write_text(output, items.to_csv(index=False, float_format="%.6f"))
+        atomic_write_text(output.with_name(f"{output.stem}.rankings.csv"), rankings.to_csv(index=False))
+    return items, rankings

@@ -26,7 +26,7 @@ from moft.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from moft.methods import FitContext, get_method
 from moft.metrics import pareto
 from moft.models.scorer import BaseScorer
-from moft.plots import plot_conflict_heatmap, plot_pareto
+from moft.plots import plot_conflict_heatmap, plot_pareto, plot_temperature_fronts
 from moft.tracker import NullTracker, Tracker
 from moft.training import resolve_device, set_threads, train_base_scorer
 
@@ -361,25 +361,38 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         "paired": {},
     }
     samples = {"base": base_samples}
-    rows, plot_methods = [], {}
+    rows, plot_methods, temperature_plot = [], {}, {}
     for method in cfg.finetune.methods:
         trained = get_method(method).load(_require(layout.finetuned(method), "finetune"), cfg, base)
-        entry, by_scale = None, {}
+        entry, by_scale, fronts = None, {}, {}
         for c in cfg.evaluate.beta_scales:
             front = front_metrics(lambda w: trained.policy(w, c), test, grid, k)
             scale_entry = _method_entry(front, ref, indices, base_main)
-            by_scale[str(c)] = scale_entry
+            by_scale[f"{c:g}"] = scale_entry
             if c == 1.0 or entry is None:
                 entry, main_front = scale_entry, front
-            rows += _front_rows(method, c, front, cfg.objective_names)
+            rows += _front_rows(method, f"c={c:g}", c, front, cfg.objective_names)
+            fronts[f"c={c:g}"] = front
+        by_beta = {}
+        for label, policy_at in getattr(trained, "temperature_fronts", dict)().items():
+            front = front_metrics(policy_at, test, grid, k)
+            by_beta[label] = _method_entry(front, ref, indices, base_main)
+            rows += _front_rows(method, f"beta={label}", float("nan"), front, cfg.objective_names)
+            fronts[f"beta={label}"] = front
         samples[method] = entry.pop("_samples")
-        for e in by_scale.values():
+        for e in [*by_scale.values(), *by_beta.values()]:
             e.pop("_samples", None)
         entry.update(trained.accounting.to_json())
+        keep = ("hypervolume", "main_mean", "steerability", "points")
         if len(by_scale) > 1:
-            entry["beta_scales"] = {c: {kk: e[kk] for kk in ("hypervolume", "points")} for c, e in by_scale.items()}
+            entry["beta_scales"] = {c: {kk: e[kk] for kk in keep} for c, e in by_scale.items()}
+        if by_beta:  # temperature vectors as factors of each objective's configured beta
+            entry["betas"] = {b: {kk: e[kk] for kk in keep} for b, e in by_beta.items()}
         summary["methods"][method] = entry
         plot_methods[method] = {"points": main_front.points, "main": main_front.main_points, "weights": grid}
+        temperature_plot[method] = {
+            label: {"points": f.points, "main": f.main_points, "weights": grid} for label, f in fronts.items()
+        }
     for a in summary["methods"]:
         for b in list(summary["methods"]) + ["base"]:
             if a != b:
@@ -390,7 +403,8 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         front = pd.DataFrame(rows)
         front.to_csv(out / "front.csv", index=False, float_format="%.6f")
         first_two = [f"ndcg_{n}" for n in cfg.objective_names[:2]]
-        front[front["beta_scale"] == cfg.evaluate.beta_scales[0]][["method", *first_two]].rename(
+        headline = 1.0 if 1.0 in cfg.evaluate.beta_scales else cfg.evaluate.beta_scales[0]
+        front[front["beta_scale"] == headline][["method", *first_two]].rename(
             columns=dict(zip(first_two, ["objective_1", "objective_2"]))
         ).to_csv(out / "front_plot.csv", index=False, float_format="%.6f")
         plot_pareto(
@@ -401,6 +415,14 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
             f"{cfg.profile}: NDCG@{k} on {len(test)} test queries",
             reference_point=ref,
         )
+        if len(cfg.evaluate.beta_scales) > 1 or any(len(f) > 1 for f in temperature_plot.values()):
+            plot_temperature_fronts(
+                out / "temperature.png",
+                cfg.objective_names,
+                temperature_plot,
+                {"objectives": summary["base"]["objectives"], "main": base_main},
+                f"{cfg.profile}: fronts at several temperatures (c scales every beta_j; Prop. 3.1)",
+            )
         atomic_write_json(out / "metrics.json", dvc_metrics(summary))
     tracker.log_metrics(dvc_metrics(summary))
     tracker.log_artifacts(layout.reports, "pareto")
@@ -426,11 +448,11 @@ def _method_entry(front: FrontMetrics, ref: np.ndarray, indices: np.ndarray, bas
     }
 
 
-def _front_rows(method: str, c: float, front: FrontMetrics, names: list[str]) -> list[dict]:
+def _front_rows(method: str, temperature: str, c: float, front: FrontMetrics, names: list[str]) -> list[dict]:
     keep = pareto.non_dominated(front.points, "max")
     rows = []
     for w, p, mn, nd in zip(front.grid, front.points, front.main_points, keep):
-        row = {"method": method, "beta_scale": c}
+        row = {"method": method, "temperature": temperature, "beta_scale": c}
         row.update({f"w_{n}": float(x) for n, x in zip(names, w)})
         row.update({f"ndcg_{n}": float(x) for n, x in zip(names, p)})
         row.update({"ndcg_main": float(mn), "non_dominated": bool(nd)})
@@ -493,6 +515,61 @@ def summary_markdown(summary: dict, layout: Layout | None = None) -> str:
     lines += ["", "Base point per objective: " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, b["objectives"]))]
     if summary["paired"]:
         lines.append("Paired bootstrap P(HV_a > HV_b): " + ", ".join(f"{k} {v:.3f}" for k, v in summary["paired"].items()))
+    lines += temperature_markdown(summary)
     if layout is not None:
         lines += ["", f"Plot: `{layout.reports / 'pareto.png'}`  ", f"Summary: `{layout.pareto_json}`"]
+        if (layout.reports / "temperature.png").exists():
+            lines[-1] += "  "
+            lines.append(f"Temperature fronts: `{layout.reports / 'temperature.png'}`")
     return "\n".join(lines) + "\n"
+
+
+def temperature_markdown(summary: dict) -> list[str]:
+    """How each front moves with the temperature: a table per scale c (Prop. 3.1) and per
+    temperature vector (temperature hypernetwork), and one sentence per method saying where the
+    front went as c grew, from the measured numbers."""
+    names, metric = summary["objectives"], summary["metric"].upper()
+    entries = {m: e for m, e in summary["methods"].items() if "beta_scales" in e or "betas" in e}
+    if not entries:
+        return []
+    head = ["method", "temperature", "HV", f"main {metric}", *[f"mean {n}" for n in names], *[f"steer {n}" for n in names]]
+    lines = [
+        "",
+        "#### Temperature control",
+        "",
+        "Scores at temperature scale c are (1 - 1/c) s_base + (1/c) s (Proposition 3.1): c > 1 pulls every "
+        "front towards the base model, c < 1 pushes it away. `beta=a,b` rows are the temperature "
+        "hypernetwork at temperatures a x beta_1, b x beta_2 (eq. 19).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    sentences = []
+    for method, e in entries.items():
+        rows = [(f"c={c}", v) for c, v in e.get("beta_scales", {}).items()]
+        rows += [(f"beta={b}", v) for b, v in e.get("betas", {}).items()]
+        for label, v in rows:
+            means = np.mean([p["objectives"] for p in v["points"]], axis=0)
+            lines.append(
+                f"| {method} | {label} | {v['hypervolume']:.4f} | {v['main_mean']:.4f} | "
+                + " | ".join(f"{x:.4f}" for x in means)
+                + " | "
+                + " | ".join(f"{x:+.2f}" for x in v["steerability"])
+                + " |"
+            )
+        scales = sorted(e.get("beta_scales", {}).items(), key=lambda kv: float(kv[0]))
+        if len(scales) > 1:
+            (c0, lo), (c1, hi) = scales[0], scales[-1]
+            base_point = np.asarray(summary["base"]["objectives"])
+
+            def spread(v: dict) -> float:  # mean distance of the front's points to the base point
+                return float(np.mean([np.linalg.norm(np.asarray(p["objectives"]) - base_point) for p in v["points"]]))
+
+            d0, d1 = spread(lo), spread(hi)
+            sentences.append(
+                f"{method}: from c={c0} to c={c1} the front moves {'towards' if d1 < d0 else 'away from'} "
+                f"the base point (mean distance {d0:.4f} -> {d1:.4f}), the hypervolume goes "
+                f"{lo['hypervolume']:.4f} -> {hi['hypervolume']:.4f} and the main {metric} "
+                f"{lo['main_mean']:.4f} -> {hi['main_mean']:.4f} (base {summary['base']['main']:.4f})."
+            )
+    return lines + [""] + sentences

@@ -83,10 +83,10 @@ def temperature_scaled(
 
 def get_method(name: str) -> Method:
     from moft.methods.baselines import DPOLS, MODPO, DPOSoup, SingleObjective
-    from moft.methods.hyperdpo import HyperDPO
+    from moft.methods.hyperdpo import HyperDPO, HyperDPOTemp
 
     registry: dict[str, Method] = {
-        m.name: m for m in (HyperDPO(), DPOLS(), DPOSoup(), MODPO(), SingleObjective())
+        m.name: m for m in (HyperDPO(), HyperDPOTemp(), DPOLS(), DPOSoup(), MODPO(), SingleObjective())
     }
     if name not in registry:  # the config validates names; this guards direct calls
         raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(registry))}")

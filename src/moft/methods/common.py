@@ -43,17 +43,31 @@ class ObjectiveLoss:
             return self.base(batch.x, batch.mask)
 
     def group_losses(
-        self, model: HyperScorer, batch: Batch, w: torch.Tensor
+        self, model: HyperScorer, batch: Batch, w: torch.Tensor, betas: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, m) losses and validity of ``model`` conditioned on per-group weights ``w`` (B, m)."""
+        """(B, m) losses and validity of ``model`` conditioned on per-group weights ``w`` (B, m).
+
+        With per-group temperatures ``betas`` (B, m) the model is a temperature hypernetwork
+        scored by eq. 19 and each objective's loss uses that group's temperature (eq. 20).
+        """
         base_scores = self.base_scores(batch)
         targets, valid = objective_targets(batch, self.norms)
-        scores = model(batch.x, batch.mask, w, base_scores)
-        return multi_objective_losses(scores, base_scores, targets, valid, batch.mask, self.betas), valid
+        if betas is None:
+            scores, betas = model(batch.x, batch.mask, w, base_scores), self.betas
+        else:
+            scores = model.at_temperature(batch.x, batch.mask, w, betas, base_scores)
+        return multi_objective_losses(scores, base_scores, targets, valid, batch.mask, betas), valid
 
-    def weighted(self, model: HyperScorer, batch: Batch, w: torch.Tensor, cosine_lambda: float = 0.0) -> torch.Tensor:
+    def weighted(
+        self,
+        model: HyperScorer,
+        batch: Batch,
+        w: torch.Tensor,
+        cosine_lambda: float = 0.0,
+        betas: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``sum_j w_j L_j (+ lambda G_w)``: the HyperDPO loss at ``w``, and DPO-LS's loss."""
-        losses, valid = self.group_losses(model, batch, w)
+        losses, valid = self.group_losses(model, batch, w, betas)
         return scalarised_loss(losses, valid, w, cosine_lambda)[0]
 
     def margin(
@@ -80,16 +94,18 @@ class ObjectiveLoss:
 _INIT_LOCK = threading.Lock()
 
 
-def new_scorer(ctx: FitContext, seed: int) -> HyperScorer:
+def new_scorer(ctx: FitContext, seed: int, temperature: bool = False) -> HyperScorer:
     """The architecture every method trains: HyperDPO's hypernetwork (fixed w for baselines).
 
     Seeding and initialisation hold a lock: concurrent jobs (Prefect runs methods in threads)
     share torch's global generator, and an interleaved draw would make runs irreproducible.
     """
-    h = ctx.cfg.finetune.hyperdpo
+    h = ctx.cfg.finetune.hyperdpo_temp if temperature else ctx.cfg.finetune.hyperdpo
     with _INIT_LOCK:
         torch.manual_seed(seed)
-        model = HyperScorer(ctx.base, len(ctx.cfg.objectives), h.model, h.parametrization, h.conditioning)
+        model = HyperScorer(
+            ctx.base, len(ctx.cfg.objectives), h.model, h.parametrization, h.conditioning, temperature
+        )
     return model.to(ctx.device)
 
 

@@ -106,7 +106,9 @@ class HyperScorer(nn.Module):
     every layer with ``w`` (a stronger signal: with concatenation ``w`` is 2 of ~130 inputs).
     ``scratch``: its output is the score. ``augmentation``: ``s_base(y) + Delta(y, w)`` with the
     base frozen; ``Delta``'s head starts at zero so training starts from the base ranking.
-    The scaler is the base model's (same inputs, same statistics).
+    The scaler is the base model's (same inputs, same statistics). ``temperature=True`` (the
+    temperature hypernetwork, HyperDPO Algorithm 2) makes the conditioning vector
+    ``(w, beta / |beta|_1)``, of size ``2 m``.
     """
 
     def __init__(
@@ -116,19 +118,20 @@ class HyperScorer(nn.Module):
         cfg: ModelConfig,
         parametrization: Literal["scratch", "augmentation"],
         conditioning: Literal["concat", "film"] = "film",
+        temperature: bool = False,
     ):
         super().__init__()
         self.parametrization = parametrization
         self.conditioning = conditioning
         self.n_objectives = n_objectives
+        self.temperature = temperature
+        n_cond = n_objectives * (2 if temperature else 1)
         n_features = base.scaler.mean.numel()
         self.scaler = FeatureScaler(n_features)
         self.scaler.load_state_dict(base.scaler.state_dict())
         self.scaler.log1p = base.scaler.log1p
         film = conditioning == "film"
-        self.net = ListTransformer(
-            n_features + (0 if film else n_objectives), cfg, n_cond=n_objectives if film else 0
-        )
+        self.net = ListTransformer(n_features + (0 if film else n_cond), cfg, n_cond=n_cond if film else 0)
         self.base = base if parametrization == "augmentation" else None
         if self.base is not None:
             self.base.requires_grad_(False)
@@ -142,7 +145,8 @@ class HyperScorer(nn.Module):
         w: torch.Tensor,
         base_scores: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``w`` is (B, m): one weight vector per group. ``base_scores`` (B, n) may be passed
+        """``w`` is (B, m): one weight vector per group ((B, 2m) with the normalised temperature
+        appended for a temperature hypernetwork). ``base_scores`` (B, n) may be passed
         when the caller already has them (augmentation adds them instead of recomputing)."""
         h = self.scaler(x)
         if self.conditioning == "film":
@@ -156,6 +160,17 @@ class HyperScorer(nn.Module):
                     base_scores = self.base(x, mask)
             out = out + base_scores
         return out
+
+    def at_temperature(
+        self, x: torch.Tensor, mask: torch.Tensor, w: torch.Tensor, betas: torch.Tensor, base_scores: torch.Tensor
+    ) -> torch.Tensor:
+        """Temperature hypernetwork scores (HyperDPO eq. 19) at per-group temperatures ``betas``
+        (B, m): ``(1 - 1/|beta|_1) s_base + (1/|beta|_1) s_theta(., w, beta / |beta|_1)``."""
+        if not self.temperature:
+            raise ValueError("this hypernetwork is not conditioned on the temperature")
+        norm = betas.sum(-1, keepdim=True)  # (B, 1)
+        net = self(x, mask, torch.cat([w, betas / norm], dim=-1), base_scores)
+        return (1 - 1 / norm) * base_scores + net / norm
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -128,6 +128,14 @@ def validate_ltr(
         _items_table(splits, roles, label_col, label_range, objective_cols),
         *_group_tables(splits),
     ]
+    return _run_tables(source, tables, run_id, _describe_failure)
+
+
+def _run_tables(
+    source: Any, tables: list[_Table], run_id: Any, describe: Callable[[_Table, Any], list[str]]
+) -> ValidationResult:
+    """Run every table's suite; collect per-check summaries and readable failure messages
+    (``describe`` turns a failed GX result into sentences). Shared by every data kind's suite."""
     failures, checks, gx_results = [], [], []
     for table in tables:
         suite_result = _run_table(source, table, run_id)
@@ -135,7 +143,7 @@ def validate_ltr(
         for result in suite_result.results:
             checks.append(_check_summary(table, result))
             if not result.success:
-                failures += _describe_failure(table, result)
+                failures += describe(table, result)
     return ValidationResult(not failures, failures, checks, gx_results)
 
 
