@@ -223,9 +223,16 @@ def test_objective_comment_field_must_be_declared():
 
 
 def test_objective_needs_exactly_one_source():
-    assert "exactly one of `feature` or `comment_field`" in config_error(
+    assert "needs exactly one source" in config_error(
         "objectives.0.comment_field=inc", profile="ltr-letor"
     )
+
+
+def test_tracks_take_their_own_objective_sources_and_layouts():
+    assert "the ltr track takes objectives from `feature` or `comment_field`" in config_error(
+        "objectives.0={name: harmless, label: harmless}"
+    )
+    assert "data.layout 'hh-rlhf' is for the llm track" in config_error("data.layout=hh-rlhf")
 
 
 @pytest.mark.parametrize("section", ["base.model", "finetune.hyperdpo.model"])

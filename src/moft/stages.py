@@ -89,6 +89,10 @@ def file_sha256(path: Path) -> str:
 
 def prepare(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """Raw svmlight/LETOR files -> objective labels -> group splits -> parquet + conflict matrix."""
+    if cfg.track == "llm":
+        from moft.llm import stages as llm
+
+        return llm.prepare(cfg, tracker)
     paths = [resolve_data_path(p) for p in cfg.data.paths]
     raw = read_letor_files(paths, cfg.data.n_features, cfg.data.comment_fields)
     group_ids = raw["group_id"].to_numpy()
@@ -176,6 +180,10 @@ class Prepared:
 
 def validate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """Great Expectations suite over the prepared splits; raises with a readable report on failure."""
+    if cfg.track == "llm":
+        from moft.llm import stages as llm
+
+        return llm.validate(cfg, tracker)
     from moft.validation.ltr import raise_for_failures, validate_ltr, write_report  # GX: ~4 s import
 
     prepared = Prepared.load(cfg)
@@ -211,6 +219,10 @@ def _require_valid(cfg: MoftConfig, prepared: Prepared) -> None:
 
 def train_base(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """ListNet base scorer on the main label, early-stopped on validation NDCG@k."""
+    if cfg.track == "llm":
+        from moft.llm import stages as llm
+
+        return llm.train_base(cfg, tracker)
     prepared = Prepared.load(cfg)
     _require_valid(cfg, prepared)
     set_threads(cfg.runtime.threads)
@@ -286,6 +298,10 @@ def evaluation_grid(cfg: MoftConfig) -> np.ndarray:
 
 def finetune(cfg: MoftConfig, method: str, tracker: Tracker = NullTracker(), jobs: int = 1) -> Path:
     """Fit one multi-objective method on top of the frozen base scorer."""
+    if cfg.track == "llm":
+        from moft.llm import stages as llm
+
+        return llm.finetune(cfg, method, tracker, jobs)
     prepared = Prepared.load(cfg)
     _require_valid(cfg, prepared)
     set_threads(cfg.runtime.threads, jobs)
@@ -321,6 +337,10 @@ def finetune(cfg: MoftConfig, method: str, tracker: Tracker = NullTracker(), job
 
 def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """Fronts of every method (and the base point) on the test groups -> pareto.json & friends."""
+    if cfg.track == "llm":
+        from moft.llm import stages as llm
+
+        return llm.evaluate(cfg, tracker)
     prepared = Prepared.load(cfg)
     layout = Layout.of(cfg)
     test = prepared.groups("test")
@@ -429,17 +449,19 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     return layout.pareto_json
 
 
-def _method_entry(front: FrontMetrics, ref: np.ndarray, indices: np.ndarray, base_main: float) -> dict:
+def _method_entry(
+    front: FrontMetrics, ref: np.ndarray, indices: np.ndarray, base_main: float, direction: str = "max"
+) -> dict:
     points, main = front.points, front.main_points
-    hv_samples = pareto.hypervolume_samples(front.objectives, indices, ref, "max")
+    hv_samples = pareto.hypervolume_samples(front.objectives, indices, ref, direction)
     return {
-        "hypervolume": front.hypervolume(ref),
+        "hypervolume": float(pareto.hypervolume(points, ref, direction)),
         "hypervolume_ci95": list(pareto.confidence_interval(hv_samples)),
-        "steerability": pareto.steerability(front.grid, points, "max"),
+        "steerability": pareto.steerability(front.grid, points, direction),
         "main_mean": float(main.mean()),
         "main_std": float(main.std()),
         "main_retention": float(main.mean() / base_main) if base_main > 0 else float("nan"),
-        "n_non_dominated": int(pareto.non_dominated(points, "max").sum()),
+        "n_non_dominated": int(pareto.non_dominated(points, direction).sum()),
         "points": [
             {"w": w.round(6).tolist(), "objectives": p.tolist(), "main": float(mn)}
             for w, p, mn in zip(front.grid, points, main)
@@ -448,14 +470,17 @@ def _method_entry(front: FrontMetrics, ref: np.ndarray, indices: np.ndarray, bas
     }
 
 
-def _front_rows(method: str, temperature: str, c: float, front: FrontMetrics, names: list[str]) -> list[dict]:
-    keep = pareto.non_dominated(front.points, "max")
+def _front_rows(
+    method: str, temperature: str, c: float, front: FrontMetrics, names: list[str],
+    prefix: str = "ndcg", direction: str = "max",
+) -> list[dict]:
+    keep = pareto.non_dominated(front.points, direction)
     rows = []
     for w, p, mn, nd in zip(front.grid, front.points, front.main_points, keep):
         row = {"method": method, "temperature": temperature, "beta_scale": c}
         row.update({f"w_{n}": float(x) for n, x in zip(names, w)})
-        row.update({f"ndcg_{n}": float(x) for n, x in zip(names, p)})
-        row.update({"ndcg_main": float(mn), "non_dominated": bool(nd)})
+        row.update({f"{prefix}_{n}": float(x) for n, x in zip(names, p)})
+        row.update({f"{prefix}_main" if prefix == "ndcg" else "main": float(mn), "non_dominated": bool(nd)})
         rows.append(row)
     return rows
 
@@ -468,7 +493,8 @@ def dvc_metrics(summary: dict) -> dict[str, float]:
         out[f"{name}_hypervolume_ci_low"] = e["hypervolume_ci95"][0]
         out[f"{name}_hypervolume_ci_high"] = e["hypervolume_ci95"][1]
         out[f"{name}_main_mean"] = e["main_mean"]
-        out[f"{name}_main_retention"] = e["main_retention"]
+        if e.get("main_retention") is not None:
+            out[f"{name}_main_retention"] = e["main_retention"]
         for obj, s in zip(summary["objectives"], e["steerability"]):
             out[f"{name}_steerability_{obj}"] = s
         out[f"{name}_train_seconds"] = e["train_seconds"]
@@ -491,9 +517,13 @@ def report(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
 def summary_markdown(summary: dict, layout: Layout | None = None) -> str:
     names = summary["objectives"]
     metric = summary["metric"].upper()
-    head = ["method", "HV", "HV 95% CI", *[f"steer {n}" for n in names], f"main {metric}", "retention", "train s", "params", "jobs"]
+    main = summary.get("main_metric", f"main {metric}")
+    head = ["method", "HV", "HV 95% CI", *[f"steer {n}" for n in names], main, "retention", "train s", "params", "jobs"]
     lines = [
         f"### Pareto summary: `{summary['profile']}` ({summary['n_test_groups']} test groups)",
+        "",
+        f"Axes: {metric} per objective ({'higher' if summary['direction'] == 'max' else 'lower'} is better); "
+        f"hypervolume against the fixed reference point {summary['reference_point']}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -509,19 +539,51 @@ def summary_markdown(summary: dict, layout: Layout | None = None) -> str:
         steer = " | ".join(f"{s:+.2f}" for s in e["steerability"])
         lines.append(
             f"| {name} | {e['hypervolume']:.4f} | [{lo:.4f}, {hi:.4f}] | {steer} | "
-            f"{e['main_mean']:.4f} ± {e['main_std']:.4f} | {e['main_retention']:.2f} | "
+            f"{e['main_mean']:.4f} ± {e['main_std']:.4f} | "
+            f"{'-' if e.get('main_retention') is None else format(e['main_retention'], '.2f')} | "
             f"{e['train_seconds']:.1f} | {e['trainable_params']:,} | {e['n_jobs']} |"
         )
     lines += ["", "Base point per objective: " + ", ".join(f"{n} {v:.4f}" for n, v in zip(names, b["objectives"]))]
     if summary["paired"]:
         lines.append("Paired bootstrap P(HV_a > HV_b): " + ", ".join(f"{k} {v:.3f}" for k, v in summary["paired"].items()))
-    lines += temperature_markdown(summary)
+    lines += temperature_markdown(summary) + generation_markdown(summary)
     if layout is not None:
         lines += ["", f"Plot: `{layout.reports / 'pareto.png'}`  ", f"Summary: `{layout.pareto_json}`"]
         if (layout.reports / "temperature.png").exists():
             lines[-1] += "  "
             lines.append(f"Temperature fronts: `{layout.reports / 'temperature.png'}`")
     return "\n".join(lines) + "\n"
+
+
+def generation_markdown(summary: dict) -> list[str]:
+    """LLM track: mean normalised reward of sampled responses at every grid point."""
+    gen = summary.get("generation") or {}
+    if not gen.get("methods"):
+        return []
+    rewards = gen["rewards"]
+    head = ["method", "w", *[f"{n} ({r})" for n, r in rewards.items()], "words", "example"]
+    lines = [
+        "",
+        f"#### Generation front ({gen['prompts']} held-out prompts per w, rewards normalised on the "
+        "training responses, higher is better)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    entries = ([("base", gen["base"])] if gen.get("base") else []) + [
+        (m, p) for m, e in gen["methods"].items() for p in e["points"]
+    ]
+    for method, p in entries:
+        example = p["example"].replace("|", "/").replace("\n", " ")[:80]
+        lines.append(
+            f"| {method} | {', '.join(f'{x:.2f}' for x in p['w']) if method != 'base' else '-'} | "
+            + " | ".join(f"{x:+.3f}" for x in p["rewards"])
+            + f" | {p['mean_words']:.1f} | {example} |"
+        )
+    steer = [f"{m}: " + ", ".join(f"{s:+.2f}" for s in e["steerability"]) for m, e in gen["methods"].items() if e["steerability"]]
+    if steer:
+        lines += ["", "Generation steerability (Spearman of w_j and reward j): " + "; ".join(steer)]
+    return lines
 
 
 def temperature_markdown(summary: dict) -> list[str]:
