@@ -502,6 +502,12 @@ class LLMConfig(Section):
     eval_pairs: int | None = Field(
         None, ge=2, description="Cap on held-out pairs for the cross-entropy front (CPU-sized runs)."
     )
+    val_pairs: int | None = Field(
+        16,
+        ge=2,
+        description="Cap on validation pairs for model selection: every validation scores them "
+        "at every grid point (~1 pair/s for SmolLM2 on CPU), so it is kept small; None = all.",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters (PEFT).")
     hpt: HPTSettings = Field(default_factory=HPTSettings, description="Hyper Prompt Tuning.")
     sft: SFTSettings = Field(default_factory=SFTSettings, description="Optional SFT base stage.")

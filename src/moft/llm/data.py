@@ -9,7 +9,7 @@ binary pair label and ``t = l1`` the listwise loss is exactly DPO's.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -123,36 +123,3 @@ class PreferenceGroups:
         out[torch.as_tensor(rows), torch.as_tensor(slots)] = values
         return out
 
-
-@torch.no_grad()
-def group_logprobs(
-    model: torch.nn.Module,
-    tokenizer,
-    groups: PreferenceGroups,
-    cfg: MoftConfig,
-    batch_size: int = 8,
-    score: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Sequence log-probs ``(G, k)`` of every response of ``groups`` under ``model`` (no grad).
-
-    ``score(batch) -> (N,)`` replaces the plain :func:`sequence_logprobs` call when given (e.g. a
-    policy with a Hyper Prompt Tuning prefix); ``batch`` is :func:`encode_pairs`' output. Groups go
-    through in batches of ``batch_size`` (responses of one group stay together).
-    """
-    from moft.models.lm import encode_pairs, sequence_logprobs
-
-    was_training = model.training
-    model.eval()
-    out = torch.zeros(len(groups), groups.mask.shape[1])
-    try:
-        for idx in groups.batches(batch_size):
-            prompts, responses, rows, slots = groups.flat(idx)
-            batch = encode_pairs(
-                tokenizer, prompts, responses, cfg.llm.max_prompt_tokens, cfg.llm.max_response_tokens,
-                cfg.llm.chat_template,
-            )
-            values = score(batch) if score is not None else sequence_logprobs(model, **batch)
-            out[torch.as_tensor(idx)] = groups.unflat(values.float().cpu(), rows, slots, len(idx))
-    finally:
-        model.train(was_training)
-    return out

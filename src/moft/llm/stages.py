@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from moft.config import MoftConfig
 from moft.evaluation import FrontMetrics
 from moft.io import atomic_dir, atomic_write_json, read_json
-from moft.llm.data import MESSAGES_COL, PreferenceGroups, group_logprobs
+from moft.llm.data import MESSAGES_COL, PreferenceGroups
 from moft.losses import listnet_loss
 from moft.metrics import pareto
 from moft.tracker import NullTracker, Tracker
@@ -242,6 +242,8 @@ def load_policy(cfg: MoftConfig):
 
 def train_base(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """Reference policy (optional SFT on preferred responses) and its log-probs of every response."""
+    from moft.llm.train import LMPolicy
+
     _require_valid(cfg)
     set_threads(cfg.runtime.threads)
     layout = _layout(cfg)
@@ -258,7 +260,7 @@ def train_base(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         ref = {}
         for split in SPLITS:
             groups = load_groups(cfg, split, with_ref=False)
-            ref[split] = group_logprobs(model, tokenizer, groups, cfg).contiguous()
+            ref[split] = LMPolicy(model, tokenizer, cfg.llm, "cpu").logprobs(groups).contiguous()
             metrics[f"{split}_mean_ref_logp"] = float(ref[split][groups.mask].mean())
         save_file(ref, str(out / "ref_logps.safetensors"))
         metrics["seconds"] = time.perf_counter() - start
@@ -336,7 +338,7 @@ def finetune(cfg: MoftConfig, method: str, tracker: Tracker = NullTracker(), job
     ctx = LMFitContext(
         cfg=cfg,
         train=load_groups(cfg, "train"),
-        val=load_groups(cfg, "val"),
+        val=_capped(load_groups(cfg, "val"), cfg.llm.val_pairs),
         policy_factory=lambda: load_policy(cfg),
         grid=evaluation_grid(cfg),
         log=tracker.log_metrics,
@@ -384,9 +386,7 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     meta = _require_valid(cfg)
     set_threads(cfg.runtime.threads)
     layout = _layout(cfg)
-    test = load_groups(cfg, "test")
-    if cfg.llm.eval_pairs and len(test) > cfg.llm.eval_pairs:
-        test = test.subset(np.arange(cfg.llm.eval_pairs))
+    test = _capped(load_groups(cfg, "test"), cfg.llm.eval_pairs)
     grid = evaluation_grid(cfg)
     m = len(cfg.objectives)
     ref = np.asarray(cfg.evaluate.reference_point or [1.1] * m, dtype=np.float64)
@@ -495,6 +495,11 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     tracker.log_metrics(dvc_metrics(summary))
     tracker.log_artifacts(layout.reports, "pareto")
     return layout.pareto_json
+
+
+def _capped(groups: PreferenceGroups, n: int | None) -> PreferenceGroups:
+    """The first ``n`` groups (a CPU-sized validation or test set), all of them when ``n`` is None."""
+    return groups.subset(np.arange(n)) if n and len(groups) > n else groups
 
 
 def _generation_prompts(cfg: MoftConfig, test: PreferenceGroups) -> list[int]:

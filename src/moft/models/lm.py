@@ -15,6 +15,7 @@ import json
 import math
 import os
 import socket
+import threading
 import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -76,6 +77,16 @@ def load_causal_lm(
     The model is in eval mode with ``config.use_cache = False`` (training); the tokenizer has a
     pad token (its eos when it had none).
     """
+    with _LOAD_LOCK:  # transformers builds models under process-global meta-device contexts
+        return _load_causal_lm(name_or_path, dtype, cache_dir)
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_causal_lm(
+    name_or_path: str | os.PathLike[str], dtype: torch.dtype, cache_dir: str | os.PathLike[str] | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     cache_root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
     name = str(name_or_path)
     path = Path(name).expanduser()
@@ -393,7 +404,7 @@ def sequence_logprobs(
 def add_lora(
     model: PreTrainedModel,
     r: int = 4,
-    alpha: int = 8,
+    alpha: float = 8.0,
     dropout: float = 0.0,
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
 ) -> PeftModel:
