@@ -77,6 +77,21 @@ def method_table(summary: dict) -> dict:
     return {name: {k: e[k] for k in keys} for name, e in summary["methods"].items()}
 
 
+def setup(threads: int, overrides: list[str]) -> tuple[list[str], float]:
+    """Thread count for this process and every job; the overrides; the start time."""
+    torch.set_num_threads(threads)
+    return [*overrides, f"runtime.threads={threads}"], time.perf_counter()
+
+
+def header() -> dict:
+    """What every benchmark JSON records first: the command and the machine it ran on."""
+    return {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "load_average_at_start": os.getloadavg()},
+    }
+
+
 def run_profile(profile: str, overrides: list[str], scratch: Path, start: float) -> dict:
     base_overrides = [f"artifacts_dir={scratch / 'artifacts'}", f"reports_dir={scratch / 'reports'}",
                       "tracking.enabled=false", *overrides]
@@ -130,13 +145,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    overrides = [*args.overrides, f"runtime.threads={args.threads}"]
-    start = time.perf_counter()
+    overrides, start = setup(args.threads, args.overrides)
     result = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "load_average_at_start": os.getloadavg()},
+        **header(),
         "paper_mslr_m5": PAPER,
         "profiles": {},
         "ablations": {"profile": ABLATION_PROFILE, "default": None, "variants": []},
