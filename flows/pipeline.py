@@ -1,5 +1,8 @@
 """The moft pipeline as a Prefect flow: prepare -> validate -> train_base -> finetune (methods
-fan out concurrently) -> evaluate -> report, every stage a child run of one MLflow parent run.
+fan out concurrently) -> evaluate -> report, every stage a child run of one MLflow parent run;
+then, when tracking, the registry's `champion` alias moves to this run's HyperDPO model if its
+hypervolume is higher (moft.champion). With `runtime.finetune_backend=deployment` each finetune
+job is a flow run of the `moft-finetune` deployment (flows/finetune.py, e.g. a GPU work pool).
 
     moft run --profile ltr-mslr                      # in-process, what `make run` does
     python flows/pipeline.py serve                   # a served deployment, triggerable from the UI
@@ -19,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from moft.config import load_config  # noqa: E402
 from moft.io import read_json  # noqa: E402
 from moft.stages import finetune_waves  # noqa: E402
-from tasks.stages import run_validation, stage  # noqa: E402
+from tasks.stages import promote_champion, run_validation, stage  # noqa: E402
 
 
 @flow(name="moft-pipeline", log_prints=True)
@@ -48,12 +51,14 @@ def pipeline(profile: str = "ltr-mslr", overrides: list[str] | None = None, trac
         summary_md = stage(cfg, "report", parent_id)
         summary = read_json(Path(pareto_path))
         publish_artifacts(summary, Path(pareto_path).parent, Path(summary_md).read_text())
+        champion = None
         if parent is not None:
             parent.set_tags({"moft.data_hash": summary["data_hash"]})
             parent.log_metrics({f"{m}_hypervolume": e["hypervolume"] for m, e in summary["methods"].items()})
             parent.log_artifact(Path(pareto_path).parent / "pareto.png", "pareto")
             parent.log_artifact(Path(pareto_path), "pareto")
-    return {"pareto_json": pareto_path, "summary_md": summary_md, "mlflow_run_id": parent_id}
+            champion = promote_champion(cfg, parent_id)
+    return {"pareto_json": pareto_path, "summary_md": summary_md, "mlflow_run_id": parent_id, "champion": champion}
 
 
 def publish_artifacts(summary: dict, report_dir: Path, summary_md: str) -> None:

@@ -1,6 +1,8 @@
 """Prefect tasks: one thin wrapper per stage (MLflow child run, retries, input-based caching).
 
-No ML logic here: every task calls the stage function of :mod:`moft.stages`.
+No ML logic here: every task calls the stage function of :mod:`moft.stages`, in this process or,
+for finetune with `runtime.finetune_backend: deployment`, as a flow run of the `moft-finetune`
+deployment (flows/finetune.py) on a work pool. The champion task calls :mod:`moft.champion`.
 """
 
 from __future__ import annotations
@@ -116,9 +118,17 @@ def stage(
     method: str | None = None,
     jobs: int = 1,
     submit: bool = False,
+    in_process: bool = False,
 ) -> Any:
-    """Run a stage task, reusing a cached result only when the stage's outputs still exist."""
-    task_fn = run_stage.with_options(refresh_cache=not stage_output(cfg, name, method).exists())
+    """Run a stage task, reusing a cached result only when the stage's outputs still exist.
+
+    With `runtime.finetune_backend: deployment` a finetune stage runs as a flow run of
+    `runtime.finetune_deployment` (unless ``in_process``: what that flow itself asks for).
+    """
+    remote = name == "finetune" and cfg.runtime.finetune_backend == "deployment" and not in_process
+    task_fn = (run_stage_deployment if remote else run_stage).with_options(
+        refresh_cache=not stage_output(cfg, name, method).exists()
+    )
     call = task_fn.submit if submit else task_fn
     return call(cfg, name, parent_run_id, method=method, jobs=jobs)
 
@@ -157,3 +167,79 @@ def run_stage(
 def run_validation(cfg: MoftConfig, parent_run_id: str | None = None) -> str:
     """Validation is never cached: it must fail loudly every time the data is bad."""
     return _run("validate", cfg, parent_run_id)
+
+
+DEPLOYMENT_POLL_SECONDS = 2.0
+
+
+@task(
+    name="stage-deployment",
+    task_run_name=_task_run_name,
+    cache_key_fn=stage_cache_key,
+    persist_result=True,
+    log_prints=True,
+)
+def run_stage_deployment(
+    cfg: MoftConfig,
+    stage: str,
+    parent_run_id: str | None = None,
+    method: str | None = None,
+    jobs: int = 1,
+) -> str:
+    """Run the finetune stage of ``method`` as a flow run of `runtime.finetune_deployment` (e.g. on
+    a GPU work pool) and wait for it. Same cache key as :func:`run_stage`: the outputs are the same
+    files, written by the worker into the shared artifacts directory."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    name = cfg.runtime.finetune_deployment
+    parameters = {"method": method, "config": worker_config(cfg), "parent_run_id": parent_run_id, "jobs": jobs}
+    try:
+        flow_run = run_deployment(
+            name,
+            parameters=parameters,
+            timeout=cfg.runtime.finetune_timeout,
+            poll_interval=DEPLOYMENT_POLL_SECONDS,
+        )
+    except ObjectNotFound:
+        raise RuntimeError(
+            f"deployment {name!r} (runtime.finetune_deployment) does not exist on "
+            "this Prefect server: register it (`prefect deploy -n moft-finetune`) or set "
+            "runtime.finetune_backend=in_process"
+        ) from None
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        status = f"is still {state.name if state else 'unscheduled'} after {cfg.runtime.finetune_timeout} s"
+        if state is not None and state.is_final():
+            status = f"ended {state.name}: {state.message or 'no message'}"
+        raise RuntimeError(f"finetune of {method}: flow run {flow_run.name} ({flow_run.id}) of {name} {status}")
+    out = stage_output(cfg, "finetune", method)
+    if not out.exists():
+        raise stages.StageInputError(
+            f"finetune of {method} completed on a worker but {out} is missing here: workers must "
+            f"write to this artifacts directory ({cfg.artifacts().parent}) on shared storage"
+        )
+    return str(stages.Layout.of(cfg).finetuned(method or ""))
+
+
+def worker_config(cfg: MoftConfig) -> dict[str, Any]:
+    """``cfg`` as a flow-run parameter, with the paths a worker must share made absolute: its
+    artifacts and reports roots and the MLflow store, wherever the worker's working directory is."""
+    tree = cfg.model_dump(mode="json")
+    tree["artifacts_dir"] = str(cfg.artifacts().parent.resolve())
+    tree["reports_dir"] = str(cfg.reports().parent.resolve())
+    if cfg.tracking.enabled:
+        from moft.tracking import absolute_tracking_uri
+
+        tree["tracking"]["tracking_uri"] = absolute_tracking_uri(cfg)
+    return tree
+
+
+@task(name="champion", cache_policy=NO_CACHE, log_prints=True)
+def promote_champion(cfg: MoftConfig, parent_run_id: str) -> dict[str, Any]:
+    """Move the registry's `champion` alias to this run's HyperDPO model if its HV is higher."""
+    from moft.champion import update_champion
+
+    decision = update_champion(cfg, parent_run_id)
+    print(f"champion: {decision['reason']}")
+    return decision

@@ -31,11 +31,22 @@ def tracking_uri(cfg: MoftConfig | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
 
 
+def absolute_tracking_uri(cfg: MoftConfig | None = None) -> str:
+    """:func:`tracking_uri` with a relative SQLite path made absolute, so that a process started
+    in another directory (a work-pool worker) opens the same store."""
+    uri = tracking_uri(cfg)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not Path(uri[len(prefix) :]).is_absolute():
+        return f"{prefix}{Path.cwd() / uri[len(prefix):]}"
+    return uri
+
+
 def experiment_name(cfg: MoftConfig) -> str:
     return cfg.tracking.experiment or f"moft-{cfg.profile}"
 
 
-def _client(cfg: MoftConfig) -> MlflowClient:
+def mlflow_client(cfg: MoftConfig) -> MlflowClient:
+    """A client on the configured store; also points the fluent API (model logging, loading) there."""
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
@@ -157,7 +168,7 @@ def _in_main_thread() -> bool:
 @contextlib.contextmanager
 def pipeline_run(cfg: MoftConfig, flow_run_id: str | None = None) -> Iterator[MlflowTracker]:
     """The parent run of one pipeline run: resolved config as params, provenance as tags."""
-    client = _client(cfg)
+    client = mlflow_client(cfg)
     exp_id = _experiment_id(client, experiment_name(cfg))
     tags = {
         "mlflow.runName": f"{cfg.profile}-pipeline",
@@ -183,7 +194,7 @@ def stage_run(
     cfg: MoftConfig, stage: str, parent_run_id: str | None = None
 ) -> Iterator[MlflowTracker]:
     """A child run of ``parent_run_id`` (or a standalone run, e.g. under `dvc repro`)."""
-    client = _client(cfg)
+    client = mlflow_client(cfg)
     exp_id = _experiment_id(client, experiment_name(cfg))
     tags = {"mlflow.runName": stage, "moft.profile": cfg.profile, "moft.stage": stage}
     if parent_run_id:
