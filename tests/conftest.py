@@ -29,6 +29,7 @@ TINY = [
     "finetune.hyperdpo.optim.epochs=4",
     "finetune.baselines.optim.epochs=2",
     "evaluate.bootstrap=50",
+    "runtime.threads=1",  # concurrent jobs and other processes share 2 cores: no thread fights
 ]
 
 

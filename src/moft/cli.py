@@ -116,6 +116,15 @@ def score(
                    f"{output.with_name(output.stem + '.rankings.csv')}")
 
 
+@app.command()
+def champion(profile: Profile = None, overrides: Overrides = None) -> None:
+    """Move the `champion` alias to this profile's newest HyperDPO version if its hypervolume,
+    re-measured on the current evaluation data, is higher (e.g. after `dvc repro`)."""
+    from moft.champion import update_champion
+
+    typer.echo(update_champion(_config(profile, overrides))["reason"])
+
+
 @config_app.command("show")
 def config_show(profile: Profile = None, overrides: Overrides = None) -> None:
     """Print the resolved configuration as JSON."""
