@@ -413,20 +413,12 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         temperature_plot[method] = {
             label: {"points": f.points, "main": f.main_points, "weights": grid} for label, f in fronts.items()
         }
-    for a in summary["methods"]:
-        for b in list(summary["methods"]) + ["base"]:
-            if a != b:
-                summary["paired"][f"{a}>{b}"] = pareto.paired_probability(samples[a], samples[b])
+    summary["paired"] = paired_probabilities(samples)
 
     with atomic_dir(layout.reports) as out:
         atomic_write_json(out / "pareto.json", summary)
-        front = pd.DataFrame(rows)
-        front.to_csv(out / "front.csv", index=False, float_format="%.6f")
-        first_two = [f"ndcg_{n}" for n in cfg.objective_names[:2]]
         headline = 1.0 if 1.0 in cfg.evaluate.beta_scales else cfg.evaluate.beta_scales[0]
-        front[front["beta_scale"] == headline][["method", *first_two]].rename(
-            columns=dict(zip(first_two, ["objective_1", "objective_2"]))
-        ).to_csv(out / "front_plot.csv", index=False, float_format="%.6f")
+        write_front_tables(out, rows, cfg.objective_names, "ndcg", headline)
         plot_pareto(
             out / "pareto.png",
             cfg.objective_names,
@@ -447,6 +439,29 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     tracker.log_metrics(dvc_metrics(summary))
     tracker.log_artifacts(layout.reports, "pareto")
     return layout.pareto_json
+
+
+def paired_probabilities(samples: dict[str, np.ndarray]) -> dict[str, float]:
+    """P(HV_a > HV_b) from paired bootstrap samples for every method a and every other entry b
+    (methods and ``base``); ``samples`` holds ``base`` and each method in order."""
+    methods = [m for m in samples if m != "base"]
+    return {
+        f"{a}>{b}": pareto.paired_probability(samples[a], samples[b])
+        for a in methods
+        for b in [*methods, "base"]
+        if a != b
+    }
+
+
+def write_front_tables(out: Path, rows: list[dict], names: list[str], prefix: str, headline: float) -> None:
+    """``front.csv`` (every row) and ``front_plot.csv`` (the headline temperature's first two
+    objectives, the DVC plot) of the evaluate stage."""
+    front = pd.DataFrame(rows)
+    front.to_csv(out / "front.csv", index=False, float_format="%.6f")
+    first_two = [f"{prefix}_{n}" for n in names[:2]]
+    front[front["beta_scale"] == headline][["method", *first_two]].rename(
+        columns=dict(zip(first_two, ["objective_1", "objective_2"]))
+    ).to_csv(out / "front_plot.csv", index=False, float_format="%.6f")
 
 
 def _method_entry(

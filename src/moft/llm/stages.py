@@ -381,7 +381,14 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """CE fronts (pareto.json, direction min) and generation fronts of every method."""
     from moft.llm.methods import get_lm_method
     from moft.plots import plot_pareto
-    from moft.stages import _front_rows, _method_entry, dvc_metrics, evaluation_grid
+    from moft.stages import (
+        _front_rows,
+        _method_entry,
+        dvc_metrics,
+        evaluation_grid,
+        paired_probabilities,
+        write_front_tables,
+    )
 
     meta = _require_valid(cfg)
     set_threads(cfg.runtime.threads)
@@ -462,19 +469,11 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         base_gen = _generation_entry([texts], [test.prompts[i] for i in gen_prompts], evals, normaliser, grid[:1], cfg)
         summary["generation"]["base"] = base_gen["points"][0]
         del base_model
-    for a in summary["methods"]:
-        for b in list(summary["methods"]) + ["base"]:
-            if a != b:
-                summary["paired"][f"{a}>{b}"] = pareto.paired_probability(samples[a], samples[b])
+    summary["paired"] = paired_probabilities(samples)
 
     with atomic_dir(layout.reports) as out:
         atomic_write_json(out / "pareto.json", summary)
-        front_table = pd.DataFrame(rows)
-        front_table.to_csv(out / "front.csv", index=False, float_format="%.6f")
-        first_two = [f"ce_{n}" for n in cfg.objective_names[:2]]
-        front_table[["method", *first_two]].rename(
-            columns=dict(zip(first_two, ["objective_1", "objective_2"]))
-        ).to_csv(out / "front_plot.csv", index=False, float_format="%.6f")
+        write_front_tables(out, rows, cfg.objective_names, "ce", 1.0)
         plot_pareto(
             out / "pareto.png", cfg.objective_names, plot_methods,
             {"objectives": summary["base"]["objectives"], "main": 0.0},

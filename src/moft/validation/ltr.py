@@ -536,22 +536,27 @@ def _collisions(table: _Table, result) -> list[str]:
     ]
 
 
-def _empty_splits(table: _Table, result) -> list[str]:
-    return [
-        f"split '{split}' has no groups, expected at least one"
-        for split in result.result["partial_missing_list"]
-    ]
+def split_describers(id_col: str, noun: str) -> dict[str, Callable[[_Table, Any], list[str]]]:
+    """Describers of the split-level checks (an empty split, a unit in two splits) for the unit of
+    a data kind: groups (``group_id``) here, prompts (``prompt_id``) for preference data."""
 
+    def empty_splits(table: _Table, result) -> list[str]:
+        return [
+            f"split '{split}' has no {noun}s, expected at least one"
+            for split in result.result["partial_missing_list"]
+        ]
 
-def _leaks(table: _Table, result) -> list[str]:
-    in_splits: dict[str, list[str]] = {}
-    for row in _located_rows(result):
-        in_splits.setdefault(str(row[GROUP_COL]), []).append(str(row["split"]))
-    return [
-        f"group '{gid}' is in splits " + ", ".join(f"'{s}'" for s in splits)
-        + ": a group must belong to exactly one split"
-        for gid, splits in in_splits.items()
-    ]
+    def leaks(table: _Table, result) -> list[str]:
+        in_splits: dict[str, list[str]] = {}
+        for row in _located_rows(result):
+            in_splits.setdefault(str(row[id_col]), []).append(str(row["split"]))
+        return [
+            f"{noun} '{uid}' is in splits " + ", ".join(f"'{s}'" for s in splits)
+            + f": a {noun} must belong to exactly one split"
+            for uid, splits in in_splits.items()
+        ]
+
+    return {"empty_split": empty_splits, "leak": leaks}
 
 
 _DESCRIBERS: dict[str, Callable[[_Table, Any], list[str]]] = {
@@ -562,8 +567,7 @@ _DESCRIBERS: dict[str, Callable[[_Table, Any], list[str]]] = {
     "constant": _constant,
     "group_size": _small_groups,
     "collision": _collisions,
-    "empty_split": _empty_splits,
-    "leak": _leaks,
+    **split_describers(GROUP_COL, "group"),
 }
 
 

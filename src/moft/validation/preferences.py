@@ -41,6 +41,7 @@ from moft.validation.ltr import (
     _null_values,
     _out_of_bounds,
     _run_tables,
+    split_describers,
     _Table,
     _where,
     gxe,
@@ -443,24 +444,6 @@ def _collisions(table: _Table, result) -> list[str]:
     ]
 
 
-def _empty_splits(table: _Table, result) -> list[str]:
-    return [
-        f"split '{split}' has no prompts, expected at least one"
-        for split in result.result["partial_missing_list"]
-    ]
-
-
-def _leaks(table: _Table, result) -> list[str]:
-    in_splits: dict[str, list[str]] = {}
-    for row in _located_rows(result):
-        in_splits.setdefault(str(row["prompt_id"]), []).append(str(row["split"]))
-    return [
-        f"prompt '{pid}' is in splits " + ", ".join(f"'{s}'" for s in splits)
-        + ": a prompt must belong to exactly one split"
-        for pid, splits in in_splits.items()
-    ]
-
-
 _DESCRIBERS: dict[str, Callable[[_Table, Any], list[str]]] = {
     "missing_column": _missing_column,
     "dtype": _bad_dtype,
@@ -476,6 +459,5 @@ _DESCRIBERS: dict[str, Callable[[_Table, Any], list[str]]] = {
     "response_order": _response_order,
     "pref_mismatch": _pref_mismatch,
     "collision": _collisions,
-    "empty_split": _empty_splits,
-    "leak": _leaks,
+    **split_describers("prompt_id", "prompt"),
 }
