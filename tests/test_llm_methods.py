@@ -169,7 +169,7 @@ def test_listwise_loss_on_lm_logprobs_equals_trls_dpo_loss(tmp_path):
 
 def test_mo_dpo_margin_loss_is_the_pairwise_formula(ctx, fronts):
     policy = fronts["mo_dpo"].policy
-    load_lora_state(policy.model, fronts["mo_dpo"].adapter_at(GRID[1]))  # a trained adapter
+    policy.load_adapter(fronts["mo_dpo"].adapter_at(GRID[1]))  # a trained adapter
     train = ctx.train
     idx = np.array([0, 3, 5])
     w = np.array([0.3, 0.7])  # objective i = 1 (relevance); the margin comes from the harmless model
@@ -267,7 +267,7 @@ def test_single_models_learn_their_objective_and_dpo_ls_trains_every_grid_point(
     assert preference(singles, ctx.val, E1) > 0 > preference(singles, ctx.val, E2)
     assert singles.accounting.n_jobs == 2 and ls.accounting.n_jobs == 3
     assert len(ctx.log.series("dpo_ls_job_seconds")) == 3 and len(ctx.log.series("job2_train_loss")) >= 12
-    per_model = trainable_parameters(singles.policy.model)
+    per_model = trainable_parameters(singles.policy.model, singles.policy.hpt)  # LoRA + prompt tuning
     assert ls.accounting.trainable_params == 3 * per_model
     # same seed, init, batches and loss: DPO-LS at a vertex is exactly the single model
     for vertex in (E1, E2):
@@ -297,7 +297,7 @@ def test_mo_dpo_reuses_the_single_models_at_vertices_and_trains_inside(ctx, fron
     assert [job["job"] for job in mo.history] == [1]  # one job: the interior point
     acc = mo.accounting
     assert acc.n_jobs == 3 and acc.train_seconds > singles.accounting.train_seconds
-    assert acc.trainable_params == singles.accounting.trainable_params + trainable_parameters(mo.policy.model)
+    assert acc.trainable_params == singles.accounting.trainable_params + trainable_parameters(mo.policy.model, mo.policy.hpt)
 
 
 def test_methods_that_need_single_models_say_so(ctx):
@@ -350,3 +350,39 @@ def test_training_leaves_the_reference_policy_untouched(ctx, fronts, factory):
     fresh = LMPolicy(model, tokenizer, ctx.cfg.llm).logprobs(ctx.val)
     assert torch.equal(fresh, ctx.val.ref_logps)
     assert (singles.logprobs(ctx.val, E1) - fresh).abs().max() > 1e-2
+
+
+# ------------------------------------------------------------------------------------------
+# one architecture and one starting policy for every method (the paper's fair comparison)
+
+
+def test_baselines_get_prompt_tuning_that_starts_where_hyperdpos_prefix_starts(ctx, fronts):
+    hyper, plain = new_policy(ctx, seed=0, hyper=True), new_policy(ctx, seed=0)
+    assert plain.hpt is not None and not plain.conditioned and hyper.conditioned
+    assert torch.equal(plain.hpt.prefix, hyper.hpt.prefix)  # the same P from the same seed
+    assert not hasattr(plain.hpt.mlp_a, "weight") and plain.hpt.mlp_a is None  # no w-MLPs
+    w = torch.tensor([0.5, 0.5])
+    # HPT's mask starts near all ones: the untrained policies agree to within HPT's small w-term
+    start_hyper, start_plain = hyper.logprobs(ctx.val, w), plain.logprobs(ctx.val)
+    assert (start_hyper - start_plain).abs().max() < 0.05 * start_plain.abs().max()
+    with pytest.raises(ValueError, match="pass w=None"):
+        plain.logprobs(ctx.val, w)
+    # the prefix is trained per fixed-weight model and saved, swapped and interpolated with LoRA
+    soup, singles = fronts["dpo_soup"], fronts["single_objective"]
+    p1, p2 = (singles.adapter_at(e)["prompt.prefix"] for e in (E1, E2))
+    assert not torch.equal(p1, p2)
+    assert torch.allclose(soup.adapter_at(GRID[1])["prompt.prefix"], 0.5 * p1 + 0.5 * p2)
+    lora_only = {k: v for k, v in singles.adapter_at(E1).items() if not k.startswith("prompt.")}
+    with pytest.raises(KeyError, match="lacks prompt-tuning keys"):
+        singles.policy.load_adapter(lora_only)
+
+
+def test_baselines_without_prompt_tuning_are_lora_only(ctx):
+    cfg = ctx.cfg.model_copy(deep=True)
+    cfg.llm.baseline_prompt_tuning = False
+    plain_ctx = LMFitContext(cfg, ctx.train, ctx.val, ctx.policy_factory, GRID)
+    policy = new_policy(plain_ctx, seed=0)
+    assert policy.hpt is None and not policy.conditioned
+    assert not any(k.startswith("prompt.") for k in policy.adapter_state())
+    # no prefix and a zero LoRA B: the untrained policy is the reference policy exactly
+    assert torch.equal(policy.logprobs(ctx.val), ctx.val.ref_logps)

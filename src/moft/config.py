@@ -510,6 +510,13 @@ class LLMConfig(Section):
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA adapters (PEFT).")
     hpt: HPTSettings = Field(default_factory=HPTSettings, description="Hyper Prompt Tuning.")
+    baseline_prompt_tuning: bool = Field(
+        True,
+        description="Give the fixed-weight baselines (DPO-LS, DPO Soup, MO-DPO, single-objective) a "
+        "plain prompt-tuning prefix of `hpt.k` virtual tokens on top of LoRA, started from the same "
+        "embeddings as HyperDPO's HPT prefix (the paper's fair comparison: one architecture, one "
+        "starting policy). False: LoRA only.",
+    )
     sft: SFTSettings = Field(default_factory=SFTSettings, description="Optional SFT base stage.")
     hyperdpo: LLMTrainSettings = Field(
         default_factory=LLMTrainSettings, description="HyperDPO (HPT + LoRA) training budget."

@@ -15,8 +15,11 @@ A method's ``fit`` turns an :class:`LMFitContext` into a :class:`TrainedLMFront`
   at a vertex the margin vanishes and the single model is reused. ``m`` + interior jobs.
 
 Every method builds one base model of its own (DPO Soup scores with its single models') and swaps
-LoRA states on it instead of holding one model per grid point. Fixed-weight models use LoRA only:
-their ``w`` is fixed, so there is nothing for an HPT prefix to read. The base stage computes the
+LoRA states on it instead of holding one model per grid point. Fixed-weight models have LoRA and,
+as in the paper ("baseline methods will also be augmented with the prompt tuning of k=8 on top of
+LoRA"), a plain prompt-tuning prefix of the same ``k`` tokens that ignores ``w``
+(``llm.baseline_prompt_tuning``); it starts from the same ``P`` as HyperDPO's HPT prefix, so all
+methods start from the same policy and are compared on one architecture. The base stage computes the
 reference log-probs ``groups.ref_logps`` with :meth:`moft.llm.train.LMPolicy.logprobs` on the plain
 model, so that they share the methods' tokenisation.
 """
@@ -55,8 +58,6 @@ from moft.models.lm import (
     Prompt,
     check_state_layout,
     interpolate_lora,
-    load_lora_state,
-    lora_state,
     trainable_parameters,
 )
 from moft.training import MetricLogger, no_log, resolve_device
@@ -106,17 +107,23 @@ class LMMethod(Protocol):
 
 
 def new_policy(ctx: LMFitContext, seed: int, hyper: bool = False) -> LMPolicy:
-    """A fresh reference policy with the configured LoRA (and HPT when ``hyper``), on the device."""
+    """A fresh reference policy with the configured LoRA, on the device, and a prefix: HPT when
+    ``hyper``, else plain prompt tuning of the same ``k`` tokens when
+    ``llm.baseline_prompt_tuning`` (the paper's fair comparison: both prefixes start from the
+    same ``P``, so every method starts from the same policy)."""
     cfg = ctx.cfg
     model, tokenizer = ctx.policy_factory()
-    peft_model = new_lora(model, cfg.llm.lora, seed)
+    return _on_device(_with_prefix(new_lora(model, cfg.llm.lora, seed), tokenizer, cfg, seed, hyper), cfg)
+
+
+def _with_prefix(peft_model: Any, tokenizer: PreTrainedTokenizerBase, cfg: MoftConfig, seed: int, hyper: bool) -> LMPolicy:
+    h, m = cfg.llm.hpt, len(cfg.objectives)
     hpt = None
     if hyper:
-        h = cfg.llm.hpt
-        hpt = HyperPromptTuning.for_model(
-            peft_model, len(cfg.objectives), seed=seed, n_virtual=h.k, rank=h.r, mlp_hidden=h.hidden
-        )
-    return _on_device(LMPolicy(peft_model, tokenizer, cfg.llm, hpt=hpt), cfg)
+        hpt = HyperPromptTuning.for_model(peft_model, m, seed=seed, n_virtual=h.k, rank=h.r, mlp_hidden=h.hidden)
+    elif cfg.llm.baseline_prompt_tuning:
+        hpt = HyperPromptTuning.plain(peft_model, m, seed=seed, n_virtual=h.k)
+    return LMPolicy(peft_model, tokenizer, cfg.llm, hpt=hpt)
 
 
 def _on_device(policy: LMPolicy, cfg: MoftConfig) -> LMPolicy:
@@ -213,7 +220,8 @@ class LMHyperDPO:
 
 @dataclass
 class GridAdapters:
-    """One LoRA state per weight vector of ``grid``, swapped onto one shared base model."""
+    """One adapter state (LoRA, and the prompt-tuning prefix when the baselines have one) per
+    weight vector of ``grid``, swapped onto one shared base model."""
 
     name: str
     grid: np.ndarray  # (P, m)
@@ -246,6 +254,7 @@ class GridAdapters:
             "grid": np.asarray(self.grid).tolist(),
             "objectives": self.objectives,
             "lora": self.lora.model_dump(),
+            "prompt_tuning": self.policy.hpt is not None,
             "accounting": self.accounting.to_json(),
             "history": self.history,
         }
@@ -268,7 +277,10 @@ class GridAdapters:
         lora = LoraSettings(**meta["lora"])
         model, tokenizer = policy_factory()
         peft_model = new_lora(model, lora, seed=0)  # the saved states replace the init
-        reference = lora_state(peft_model)
+        prompt_cfg = cfg.model_copy(deep=True)
+        prompt_cfg.llm.baseline_prompt_tuning = bool(meta.get("prompt_tuning", False))
+        policy = _on_device(_with_prefix(peft_model, tokenizer, prompt_cfg, 0, hyper=False), cfg)
+        reference = policy.adapter_state()
         saved = load_file(str(weights_path))
         states = []
         for i in range(len(grid)):
@@ -280,7 +292,6 @@ class GridAdapters:
             raise ValueError(
                 f"{weights_path}: adapters {extra[:3]} beyond the {len(grid)} grid points in {meta_path}"
             )
-        policy = _on_device(LMPolicy(peft_model, tokenizer, cfg.llm), cfg)
         states = [{k: v.to(policy.device) for k, v in s.items()} for s in states]
         accounting = Accounting(**meta["accounting"])
         return cls(method, grid, states, policy, meta["objectives"], lora, accounting, meta["history"])
@@ -295,9 +306,9 @@ class FixedWeightTrainer:
         self.ctx, self.name, self.n_jobs = ctx, name, n_jobs
         self.settings = ctx.cfg.llm.baselines
         self.policy = new_policy(ctx, self.settings.seed)
-        self.init = lora_state(self.policy.model)
+        self.init = self.policy.adapter_state()
         self.betas = objective_betas(ctx.cfg, self.policy.device)
-        self.params_per_model = trainable_parameters(self.policy.model)
+        self.params_per_model = trainable_parameters(self.policy.model, *filter(None, [self.policy.hpt]))
         self.seconds = 0.0
         self.history: list[dict[str, Any]] = []
 
@@ -306,7 +317,7 @@ class FixedWeightTrainer:
     ) -> dict[str, torch.Tensor]:
         """Grid point ``i``: train at the fixed trade-off ``w``, keep the state with the best
         w-weighted validation loss, and return that adapter state."""
-        load_lora_state(self.policy.model, self.init)
+        self.policy.load_adapter(self.init)
         result = train_lm(
             self.policy,
             self.ctx.train,
@@ -323,7 +334,7 @@ class FixedWeightTrainer:
             {"job": i, "w": w.tolist(), "seconds": result.seconds, "best_step": result.best_step,
              "history": result.history}
         )
-        return lora_state(self.policy.model)
+        return self.policy.adapter_state()
 
     def front(
         self, grid: np.ndarray, states: list[dict[str, torch.Tensor]], accounting: Accounting

@@ -25,10 +25,19 @@ from moft.config import LLMConfig, LLMTrainSettings, LoraSettings, MoftConfig
 from moft.llm.data import PreferenceGroups
 from moft.losses import multi_objective_losses, scalarised_loss
 from moft.models.hpt import HyperPromptTuning, forward_logprobs, generate_with_prefix
-from moft.models.lm import Prompt, add_lora, encode_pairs, load_lora_state, sequence_logprobs
+from moft.models.lm import (
+    Prompt,
+    add_lora,
+    check_state_layout,
+    encode_pairs,
+    load_lora_state,
+    lora_state,
+    sequence_logprobs,
+)
 from moft.training import MetricLogger, no_log
 
 MAX_GRAD_NORM = 1.0  # TRL's DPO default (max_grad_norm)
+PROMPT_KEY = "prompt."  # prefix of the plain prompt-tuning weights in an adapter state
 _INIT_LOCK = threading.Lock()  # adapter init draws from torch's global generator (see new_lora)
 
 
@@ -59,6 +68,36 @@ class LMPolicy:
     hpt: HyperPromptTuning | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the policy reads the trade-off ``w`` (an HPT prefix); fixed-weight policies
+        (LoRA, optionally with plain prompt tuning) have their trade-off in their weights."""
+        return self.hpt is not None and self.hpt.config.conditioned
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of what a fixed-weight model trains: the LoRA weights and, with plain
+        prompt tuning, the prefix (``prompt.<key>``); the unit that DPO Soup interpolates."""
+        state = lora_state(self.model)
+        if self.hpt is not None and not self.conditioned:
+            state.update({f"{PROMPT_KEY}{k}": v.detach().clone() for k, v in self.hpt.state_dict().items()})
+        return state
+
+    def load_adapter(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load an :meth:`adapter_state` (layout checked) into the model and the prefix."""
+        prompt = {k[len(PROMPT_KEY):]: v for k, v in state.items() if k.startswith(PROMPT_KEY)}
+        lora = {k: v for k, v in state.items() if not k.startswith(PROMPT_KEY)}
+        has_prompt = self.hpt is not None and not self.conditioned
+        if bool(prompt) != has_prompt:
+            raise KeyError(
+                f"adapter state {'has' if prompt else 'lacks'} prompt-tuning keys ({PROMPT_KEY}*) but the "
+                f"policy {'has' if has_prompt else 'has no'} plain prompt-tuning prefix"
+            )
+        load_lora_state(self.model, lora)
+        if prompt:
+            assert self.hpt is not None
+            check_state_layout(self.hpt.state_dict(), prompt, "prompt-tuning state")
+            self.hpt.load_state_dict({k: v.to(self.hpt.prefix.device) for k, v in prompt.items()})
+
     def trainable(self) -> list[nn.Parameter]:
         modules = [self.model] + ([self.hpt] if self.hpt is not None else [])
         seen = {id(p): p for m in modules for p in m.parameters() if p.requires_grad}
@@ -87,15 +126,17 @@ class LMPolicy:
             self.llm.chat_template,
         )
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        if not self.conditioned and w is not None:
+            raise ValueError("this policy has no HPT prefix: its trade-off is fixed, pass w=None")
+        if self.conditioned and w is None:
+            raise ValueError("an HPT policy needs the trade-off w")
         if self.hpt is None:
-            if w is not None:
-                raise ValueError("this policy has no HPT prefix: its trade-off is fixed, pass w=None")
             values = sequence_logprobs(self.model, **batch)
         else:
-            if w is None:
-                raise ValueError("an HPT policy needs the trade-off w")
-            w = torch.as_tensor(w, dtype=torch.float32, device=self.device)
-            per_row = w[torch.as_tensor(rows, device=self.device)] if w.dim() == 2 else w  # (N, m) or (m,)
+            per_row = None
+            if w is not None:
+                w = torch.as_tensor(w, dtype=torch.float32, device=self.device)
+                per_row = w[torch.as_tensor(rows, device=self.device)] if w.dim() == 2 else w  # (N, m) or (m,)
             tokens = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
             values = forward_logprobs(self.model, self.hpt, *tokens, per_row)
         return groups.unflat(values, rows, slots, len(idx))
@@ -108,13 +149,13 @@ class LMPolicy:
         adapter: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Log-probs ``(G, k)`` of every group, on the CPU, without gradients, ``batch_size``
-        groups per forward; ``adapter`` (a LoRA state) is loaded first."""
+        groups per forward; ``adapter`` (an :meth:`adapter_state`) is loaded first."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = torch.zeros(groups.mask.shape, dtype=torch.float32)
         with self.lock, torch.no_grad():
             if adapter is not None:
-                load_lora_state(self.model, adapter)
+                self.load_adapter(adapter)
             self.train(False)
             for idx in groups.batches(batch_size):
                 out[torch.as_tensor(idx)] = self.group_logprobs(groups, idx, w).float().cpu()
@@ -130,7 +171,7 @@ class LMPolicy:
         g = self.llm.generation
         with self.lock:
             if adapter is not None:
-                load_lora_state(self.model, adapter)
+                self.load_adapter(adapter)
             self.train(False)
             return generate_with_prefix(
                 self.model,
@@ -199,7 +240,7 @@ def weighted_loss(
     """``sum_j w_j L_j (+ lambda G_w)`` on the groups ``idx`` with per-group weights ``w (B, m)``:
     HyperDPO's loss (w also conditions the HPT prefix) and, at a fixed w, DPO-LS's."""
     w = w.to(policy.device)
-    scores = policy.group_logprobs(groups, idx, w if policy.hpt is not None else None)
+    scores = policy.group_logprobs(groups, idx, w if policy.conditioned else None)
     losses, valid = group_losses(scores, reference_scores(groups, idx), groups, idx, betas)
     return scalarised_loss(losses, valid, w, cosine_lambda)[0]
 
@@ -233,7 +274,7 @@ def validation_loss(
     whose scores do not depend on ``w``, is scored once."""
     idx = np.arange(len(groups))
     ref = reference_scores(groups)
-    fixed = None if policy.hpt is not None else policy.logprobs(groups, None, batch_size)
+    fixed = None if policy.conditioned else policy.logprobs(groups, None, batch_size)
     totals = []
     for w in np.asarray(weights, dtype=np.float32):
         scores = fixed if fixed is not None else policy.logprobs(groups, w, batch_size)

@@ -40,6 +40,7 @@ class HPTConfig:
     rank: int = 4  # r, rank of the mask M = A B (paper: 4)
     mlp_hidden: int = 64  # width of the two MLPs
     temperature: bool = False  # also conditioned on beta_bar (temperature hypernetwork, SPEC 5.2)
+    conditioned: bool = True  # False: plain prompt tuning (the prefix is P, no w, no MLPs)
 
     def __post_init__(self) -> None:
         for name in ("n_objectives", "hidden_size", "n_virtual", "rank", "mlp_hidden"):
@@ -71,9 +72,13 @@ class HyperPromptTuning(nn.Module):
         super().__init__()
         self.config = config
         k, r, d = config.n_virtual, config.rank, config.hidden_size
+        if config.temperature and not config.conditioned:
+            raise ValueError("HPTConfig: temperature=True needs conditioned=True")
         n_cond = config.n_objectives * (2 if config.temperature else 1)
-        self.mlp_a = _mlp(n_cond, config.mlp_hidden, k * r, bias_init=1.0 / r)
-        self.mlp_b = _mlp(n_cond, config.mlp_hidden, r * d, bias_init=1.0)
+        self.mlp_a = self.mlp_b = None
+        if config.conditioned:
+            self.mlp_a = _mlp(n_cond, config.mlp_hidden, k * r, bias_init=1.0 / r)
+            self.mlp_b = _mlp(n_cond, config.mlp_hidden, r * d, bias_init=1.0)
         if init_prefix is None:
             init_prefix = torch.randn(k, d) * 0.02
         if init_prefix.shape != (k, d):
@@ -110,6 +115,14 @@ class HyperPromptTuning(nn.Module):
             hpt = cls(cfg, init_prefix=embeddings[ids.to(embeddings.device)].float().cpu())
         return hpt.to(embeddings.device)
 
+    @classmethod
+    def plain(cls, model: nn.Module, n_objectives: int, *, seed: int = 0, n_virtual: int = 8) -> HyperPromptTuning:
+        """Plain prompt tuning (Lester et al., 2021): ``k`` trainable virtual tokens that ignore
+        ``w``. The HyperDPO paper gives the fixed-weight baselines this prefix on top of LoRA, so
+        every method has the same architecture; from the same ``seed`` its ``P`` is exactly the
+        HPT prefix's start, so all methods start from the same policy."""
+        return cls.for_model(model, n_objectives, seed=seed, n_virtual=n_virtual, conditioned=False)
+
     def condition(self, w: torch.Tensor, beta_bar: torch.Tensor | None = None) -> torch.Tensor:
         """The MLP input, ``w`` or ``[w, beta_bar]``, as ``(B, n_cond)``; a single vector gives B = 1."""
         w = self._rows(w, "w")
@@ -135,14 +148,23 @@ class HyperPromptTuning(nn.Module):
 
     def mask(self, w: torch.Tensor, beta_bar: torch.Tensor | None = None) -> torch.Tensor:
         """``M = A B``, shape ``(B, k, d)``."""
+        if self.mlp_a is None or self.mlp_b is None:
+            raise ValueError("a plain prompt-tuning prefix (conditioned=False) has no mask")
         cond = self.condition(w, beta_bar)
         k, r, d = self.config.n_virtual, self.config.rank, self.config.hidden_size
         a = self.mlp_a(cond).view(-1, k, r)
         b = self.mlp_b(cond).view(-1, r, d)
         return a @ b
 
-    def forward(self, w: torch.Tensor, beta_bar: torch.Tensor | None = None) -> torch.Tensor:
-        """Virtual token embeddings ``P * M``, shape ``(B, k, d)`` (B = 1 for a single ``w``)."""
+    def forward(self, w: torch.Tensor | None, beta_bar: torch.Tensor | None = None) -> torch.Tensor:
+        """Virtual token embeddings ``P * M``, shape ``(B, k, d)`` (B = 1 for a single ``w``);
+        ``P`` itself, ``(1, k, d)``, for plain prompt tuning (which takes ``w=None``)."""
+        if not self.config.conditioned:
+            if w is not None or beta_bar is not None:
+                raise ValueError("a plain prompt-tuning prefix (conditioned=False) takes no w: pass w=None")
+            return self.prefix[None]
+        if w is None:
+            raise ValueError("this HPT prefix is conditioned: it needs the trade-off w")
         return self.prefix * self.mask(w, beta_bar)
 
 
@@ -180,13 +202,14 @@ def forward_logprobs(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     response_mask: torch.Tensor,
-    w: torch.Tensor,
+    w: torch.Tensor | None,
     beta_bar: torch.Tensor | None = None,
     *,
     average: bool = False,
 ) -> torch.Tensor:
     """Response log-probs ``(B,)`` of a batch from :func:`encode_pairs` with the HPT prefix for
-    ``w`` (one vector ``(m,)`` for the batch, or ``(B, m)``); works for plain and PEFT models."""
+    ``w`` (one vector ``(m,)`` for the batch, or ``(B, m)``; None for plain prompt tuning); works
+    for plain and PEFT models."""
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, d)
     embeds, attention_mask, response_mask, input_ids = prepend_virtual_tokens(
         hpt(w, beta_bar), embeds, attention_mask, response_mask, input_ids
@@ -231,8 +254,6 @@ def generate_with_prefix(
     device = embedding.weight.device
     virtual = None
     if hpt is not None:
-        if w is None:
-            raise ValueError("generation with an HPT prefix needs the trade-off w")
         virtual = hpt(w, beta_bar).to(device=device, dtype=embedding.weight.dtype)  # (1 or B, k, d)
         virtual = virtual.expand(len(rows), -1, -1)
     k = 0 if virtual is None else virtual.shape[1]
