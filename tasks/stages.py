@@ -31,6 +31,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def stage_sections(cfg: MoftConfig, stage: str) -> tuple[str, ...]:
+    """:data:`STAGE_SECTIONS`, plus `synthetic` (generator, reference, taus, thresholds) for every
+    stage of the synthetic track but the report; other tracks' keys do not depend on it."""
+    sections = STAGE_SECTIONS[stage]
+    return (*sections, "synthetic") if cfg.track == "synthetic" and sections else sections
+
+
 def _tree_digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for root in paths:
@@ -83,7 +90,7 @@ def _data_path(path: str) -> Path:
 def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     cfg: MoftConfig = parameters["cfg"]
     stage, method = parameters["stage"], parameters.get("method")
-    sections = cfg.section_hash(*STAGE_SECTIONS[stage]) if STAGE_SECTIONS[stage] else ""
+    sections = cfg.section_hash(*stage_sections(cfg, stage)) if STAGE_SECTIONS[stage] else ""
     return "-".join(
         [stage, method or "", cfg.profile, sections, _tree_digest(stage_inputs(cfg, stage, method))]
     )

@@ -125,6 +125,7 @@ def fronts(ctx):
     singles_ctx = LMFitContext(ctx.cfg, ctx.train, ctx.val, ctx.policy_factory, GRID, prerequisites=needs)
     out["dpo_soup"] = get_lm_method("dpo_soup").fit(singles_ctx)
     out["mo_dpo"] = get_lm_method("mo_dpo").fit(singles_ctx)
+    out["mopo"] = get_lm_method("mopo").fit(ctx)
     return out
 
 
@@ -300,6 +301,20 @@ def test_mo_dpo_reuses_the_single_models_at_vertices_and_trains_inside(ctx, fron
     assert acc.trainable_params == singles.accounting.trainable_params + trainable_parameters(mo.policy.model, mo.policy.hpt)
 
 
+def test_mopo_clones_the_constrained_policy_of_each_grid_point(ctx, fronts):
+    """Toy data: harmless (primary) prefers response 0, relevance response 1. At w_2 = 0 the
+    constraint is slack (lambda = 0) and MOPO follows harmlessness; at w_2 = 1 it must reach
+    relevance's own optimum and follows relevance."""
+    mopo = fronts["mopo"]
+    assert preference(mopo, ctx.val, E1) > 0 > preference(mopo, ctx.val, E2)
+    facts = mopo.extra["mopo"]
+    assert [f["active"] for f in facts] == [[False], [True], [True]]
+    assert facts[0]["multipliers"][0] < 1e-12 and facts[2]["multipliers"][0] > facts[1]["multipliers"][0]
+    assert all(f["values"][1] >= f["thresholds"][0] - 1e-4 for f in facts)  # b = hi converges slowly
+    assert mopo.accounting.n_jobs == len(GRID)
+    assert mopo.accounting.trainable_params == len(GRID) * trainable_parameters(mopo.policy.model, mopo.policy.hpt)
+
+
 def test_methods_that_need_single_models_say_so(ctx):
     with pytest.raises(ValueError, match="single_objective"):
         get_lm_method("mo_dpo").fit(ctx)
@@ -311,7 +326,7 @@ def test_methods_that_need_single_models_say_so(ctx):
 # save / load
 
 
-@pytest.mark.parametrize("name", ["hyperdpo", "single_objective", "dpo_ls", "dpo_soup", "mo_dpo"])
+@pytest.mark.parametrize("name", ["hyperdpo", "single_objective", "dpo_ls", "dpo_soup", "mo_dpo", "mopo"])
 def test_save_load_round_trip(name, ctx, fronts, factory, tmp_path):
     front = fronts[name]
     front.save(tmp_path / name)

@@ -304,7 +304,7 @@ class TemperatureHyperConfig(HyperDPOConfig):
         return self
 
 
-MethodName = Literal["hyperdpo", "hyperdpo_temp", "dpo_ls", "dpo_soup", "mo_dpo"]
+MethodName = Literal["hyperdpo", "hyperdpo_temp", "dpo_ls", "dpo_soup", "mo_dpo", "mopo"]
 
 
 class BaselinesConfig(Section):
@@ -314,6 +314,67 @@ class BaselinesConfig(Section):
         "grid point, one single-objective model per objective, one MO-DPO model per grid "
         "point). Architecture and parametrization are HyperDPO's, with w fixed.",
     )
+
+
+class MopoSettings(Section):
+    tau: PositiveFloat = Field(
+        0.1,
+        description="KL weight tau of max_pi E[p_1] - tau KL(pi || pi_ref) s.t. E[p_k] >= b_k "
+        "(SPEC 5.5); the synthetic track sweeps `synthetic.taus` instead.",
+    )
+    epsilon: float = Field(
+        0.0,
+        ge=0,
+        description="KL radius of the pessimistic lower bound of each constrained E[p_k]: the "
+        "minimum over reweightings q of the data with KL(q || data) <= epsilon. 0 constrains the "
+        "plain estimate (the problem the synthetic track's exact optimum solves).",
+    )
+    lag: int | None = Field(
+        None,
+        ge=1,
+        description="Lagged reference: every `lag` steps pi_ref <- pi. null keeps pi_ref fixed "
+        "(the problem the synthetic track's exact optimum solves).",
+    )
+    adaptive_thresholds: bool = Field(
+        False,
+        description="Every `lag` steps set b_k <- rho E_pi[p_k] from the policy of the period "
+        "that just ended (needs `lag`).",
+    )
+    rho: float = Field(
+        0.95, gt=0, le=1, description="Relaxation factor rho of the adaptive thresholds."
+    )
+    lr: PositiveFloat = Field(
+        2.0,
+        description="Projected-gradient step on the multipliers in units of tau: lambda <- "
+        "max(0, lambda - lr tau grad g). The dual's curvature is at most (m - 1) / (4 tau) for "
+        "win rates in [0, 1], so lr < 8 / (m - 1) is stable at every tau.",
+    )
+    steps: int = Field(20000, ge=1, description="Maximum projected-gradient steps.")
+    tolerance: PositiveFloat = Field(
+        1e-10,
+        description="Converged when no multiplier moves more than this in one step (with a fixed "
+        "reference and fixed thresholds; otherwise every step runs).",
+    )
+    unobserved_win_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Win rate p_k of an action that no preference tuple compares: 0.5 (a coin "
+        "flip against the data) keeps every E_pi[p_k] finite, so the constrained problem stays "
+        "well posed and the action is neither favoured nor excluded; 0 is the pessimistic choice.",
+    )
+    trace_every: int = Field(
+        25,
+        ge=1,
+        description="Record (and log as metrics) every this many steps; the first and last "
+        "steps and every reference update are always recorded.",
+    )
+
+    @model_validator(mode="after")
+    def _adaptive_needs_lag(self) -> "MopoSettings":
+        if self.adaptive_thresholds and self.lag is None:
+            raise ValueError("adaptive_thresholds updates b every `lag` steps: set lag as well")
+        return self
 
 
 class FinetuneConfig(Section):
@@ -335,6 +396,10 @@ class FinetuneConfig(Section):
     )
     baselines: BaselinesConfig = Field(
         default_factory=BaselinesConfig, description="DPO-LS, DPO Soup and MO-DPO (SPEC 5.3)."
+    )
+    mopo: MopoSettings = Field(
+        default_factory=MopoSettings,
+        description="MOPO (SPEC 5.5): primary objective maximised, the others lower-bounded.",
     )
 
     @field_validator("methods")
@@ -466,7 +531,13 @@ class LLMTrainSettings(Section):
         None, ge=1, description="Cap on optimisation steps per model (CPU-sized runs)."
     )
     batch_pairs: int = Field(2, ge=1, description="Preference pairs per optimisation step.")
-    lr: PositiveFloat = Field(1e-3, description="AdamW learning rate (LoRA, HPT parameters).")
+    lr: PositiveFloat = Field(1e-3, description="AdamW learning rate of the LoRA parameters.")
+    prefix_lr: PositiveFloat | None = Field(
+        None,
+        description="AdamW learning rate of the prefix: HyperDPO's HPT (P and both MLPs) and the "
+        "baselines' plain prompt tuning. Prompt tuning is usually trained with a far larger rate "
+        "than LoRA (PEFT's examples: 3e-2); null uses `lr`.",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     seed: int = Field(0, description="Seed of initialisation, shuffling and weight sampling.")
 
@@ -530,11 +601,75 @@ class LLMConfig(Section):
     )
 
 
+# ------------------------------------------------------------------------------------------------
+# Synthetic track (SPEC 5.5: MOPO's canonical preference structures)
+
+SyntheticCase = Literal["total_order", "partial_order", "antichain", "pairwise_incomparable", "unobserved"]
+SYNTHETIC_DATA = "generated:synthetic"  # data.paths of the synthetic track: it reads no files
+SYNTHETIC_LABELS = ("primary", "secondary")  # the preference labels the structures generate
+
+
+class SyntheticSettings(Section):
+    cases: list[SyntheticCase] = Field(
+        default_factory=lambda: [
+            "total_order", "partial_order", "antichain", "pairwise_incomparable", "unobserved"
+        ],
+        min_length=1,
+        description="Canonical preference structures of the context-free bandit, each its own "
+        "MOPO problem: `total_order`, `partial_order`, `antichain`, `pairwise_incomparable` "
+        "(every comparison a tie), `unobserved` (the last action is never compared).",
+    )
+    n_actions: int = Field(4, ge=3, description="Actions of the bandit.")
+    samples_per_pair: int = Field(
+        6, ge=1, description="Preference tuples drawn for every pair of compared actions."
+    )
+    taus: list[PositiveFloat] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0],
+        min_length=1,
+        description="KL weights tau swept per case (they replace finetune.mopo.tau).",
+    )
+    threshold_fractions: list[float] = Field(
+        default_factory=lambda: [0.5],
+        min_length=1,
+        description="One per secondary objective: b_k = E_ref[p_k] + f_k (max_y p_k(y) - "
+        "E_ref[p_k]), between the reference policy's value (f = 0) and the best action's "
+        "(f = 1), so the constraint is feasible in every structure.",
+    )
+    reference: Literal["uniform", "behaviour"] = Field(
+        "uniform",
+        description="Reference policy pi_ref of train_base: `uniform` over the actions or "
+        "`behaviour` (how often each action appears in the tuples; an action never compared "
+        "then gets probability 0 and stays there).",
+    )
+    seed: int = Field(0, description="Seed of the tuple generator.")
+    tolerance: PositiveFloat = Field(
+        1e-4,
+        description="Largest absolute difference between MOPO's and the exact optimum's action "
+        "probabilities that evaluate accepts.",
+    )
+
+    @field_validator("cases")
+    @classmethod
+    def _unique_cases(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"cases {v} are listed more than once")
+        return v
+
+    @field_validator("threshold_fractions")
+    @classmethod
+    def _fractions_in_unit_interval(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= f <= 1.0 for f in v):
+            raise ValueError(f"threshold fractions {v} must lie in [0, 1]")
+        return v
+
+
 class MoftConfig(Section):
     profile: str = Field(DEFAULT_PROFILE, description="Name of the profile this tree came from.")
     description: str = Field("", description="One line saying what the profile is for.")
-    track: Literal["ltr", "llm"] = Field(
-        "ltr", description="Which track: learning to rank (`ltr`) or LLM preference alignment (`llm`)."
+    track: Literal["ltr", "llm", "synthetic"] = Field(
+        "ltr",
+        description="Which track: learning to rank (`ltr`), LLM preference alignment (`llm`) or "
+        "MOPO's synthetic bandits (`synthetic`).",
     )
     data: DataConfig = Field(description="Raw data and splitting.")
     objectives: list[ObjectiveConfig] = Field(
@@ -556,6 +691,18 @@ class MoftConfig(Section):
     reports_dir: str = Field(
         "reports", description="Root of reports; each profile writes to <root>/<profile>."
     )
+    synthetic: SyntheticSettings = Field(
+        default_factory=SyntheticSettings, description="Synthetic track: MOPO's canonical bandits."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_data(cls, data: Any) -> Any:
+        """The synthetic track generates its tuples and reads no files: `data` defaults to the
+        placeholder SYNTHETIC_DATA there."""
+        if isinstance(data, dict) and data.get("track") == "synthetic" and "data" not in data:
+            data = {**data, "data": {"paths": [SYNTHETIC_DATA]}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> MoftConfig:
@@ -564,8 +711,12 @@ class MoftConfig(Section):
             raise ValueError(f"objective names must be unique, got {names}")
         m = len(self.objectives)
         llm = self.track == "llm"
+        if self.track == "synthetic":
+            self._check_synthetic()
+        elif "mopo" in self.finetune.methods and m < 2:
+            raise ValueError("finetune.methods: `mopo` constrains objectives 2..m: it needs m >= 2 objectives")
         for o in self.objectives:
-            if llm != (o.label is not None or o.reward is not None):
+            if self.track != "synthetic" and llm != (o.label is not None or o.reward is not None):
                 raise ValueError(
                     f"objective {o.name!r}: the {self.track} track takes objectives from "
                     + ("`label` or `reward`" if llm else "`feature` or `comment_field`")
@@ -599,6 +750,33 @@ class MoftConfig(Section):
         if ref is not None and len(ref) != m:
             raise ValueError(f"evaluate.reference_point needs {m} values, got {len(ref)}")
         return self
+
+    def _check_synthetic(self) -> None:
+        if self.data != DataConfig(paths=[SYNTHETIC_DATA]):
+            raise ValueError(
+                "data: the synthetic track generates its preference tuples from the `synthetic` "
+                "section and reads no files; leave `data` out of the profile"
+            )
+        labels = [o.label for o in self.objectives]
+        if sorted(map(str, labels)) != sorted(SYNTHETIC_LABELS) or any(
+            o.reward is not None or o.feature is not None or o.comment_field is not None
+            for o in self.objectives
+        ):
+            raise ValueError(
+                f"objectives: the synthetic track has two objectives whose `label`s are "
+                f"{' and '.join(SYNTHETIC_LABELS)} (the first objective is MOPO's primary one), "
+                f"got labels {labels}"
+            )
+        if self.finetune.methods != ["mopo"]:
+            raise ValueError(
+                f"finetune.methods: the synthetic track runs `mopo` only, got {self.finetune.methods}"
+            )
+        fractions = self.synthetic.threshold_fractions
+        if len(fractions) != len(self.objectives) - 1:
+            raise ValueError(
+                f"synthetic.threshold_fractions needs {len(self.objectives) - 1} value(s), one per "
+                f"secondary objective, got {fractions}"
+            )
 
     # ----------------------------------------------------------------------------------------
     @property

@@ -327,3 +327,88 @@ def plot_temperature_fronts(
     figure.colorbar(ScalarMappable(norm=norm, cmap=MAIN_CMAP), ax=list(axes[: len(checked)]), label=main_label)
     figure.suptitle(title)
     return _save_png(figure, path)
+
+
+
+def _case_axes(n_cases: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
+    """A figure with one panel per case, three to a row; the unused panels hidden."""
+    if n_cases < 1:
+        raise ValueError("cases must hold at least one case to plot")
+    n_cols = min(3, n_cases)
+    n_rows = -(-n_cases // n_cols)
+    figure = _new_figure(width * n_cols, height * n_rows)
+    axes = list(figure.subplots(n_rows, n_cols, squeeze=False).ravel())
+    for unused in axes[n_cases:]:
+        unused.set_visible(False)
+    return figure, axes[:n_cases]
+
+
+def plot_action_probabilities(
+    path: str | os.PathLike, taus: np.ndarray, cases: dict[str, dict[str, np.ndarray]], title: str
+) -> Path:
+    """MOPO's Figure 4: one panel per case, each action's probability against tau, MOPO's policy
+    (thin, dots) over the exact optimum (wide, pale), one colour per action.
+
+    Args:
+        taus: (T,) the swept KL weights (log-scaled axis).
+        cases: case -> {"mopo": (T, A), "exact": (T, A)} action probabilities per tau.
+    """
+    taus = np.asarray(taus, dtype=np.float64)
+    figure, axes = _case_axes(len(cases), 4.2, 3.4)
+    n_actions = 0
+    for ax, (name, case) in zip(axes, cases.items()):
+        mopo, exact = np.asarray(case["mopo"]), np.asarray(case["exact"])
+        if mopo.shape != exact.shape or mopo.shape[0] != len(taus):
+            raise ValueError(
+                f"cases[{name!r}]: mopo and exact must be ({len(taus)}, actions) arrays, got "
+                f"{mopo.shape} and {exact.shape}"
+            )
+        n_actions = max(n_actions, mopo.shape[1])
+        for a, colour in zip(range(mopo.shape[1]), cycle(METHOD_COLOURS)):
+            ax.plot(taus, exact[:, a], color=colour, linewidth=5, alpha=0.3)  # visible under MOPO's
+            ax.plot(taus, mopo[:, a], color=colour, marker="o", markersize=3, linewidth=1)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(r"$\tau$")
+        ax.set_ylabel(r"$\pi(y)$")
+        ax.set_title(name.replace("_", " "), fontsize="medium")
+    handles = [
+        Line2D([], [], color=c, linewidth=3, label=f"action {a}")
+        for a, c in zip(range(n_actions), cycle(METHOD_COLOURS))
+    ]
+    handles += [
+        Line2D([], [], color="black", marker="o", markersize=3, label="MOPO"),
+        Line2D([], [], color="black", linewidth=5, alpha=0.3, label="exact optimum"),
+    ]
+    axes[0].legend(handles=handles, fontsize="x-small")
+    figure.suptitle(title)
+    return _save_png(figure, path)
+
+
+def plot_policy_fronts(
+    path: str | os.PathLike, objective_names: list[str], cases: dict[str, dict[str, Any]], title: str
+) -> Path:
+    """One panel per case in the plane of the first two objectives' expected win rates: MOPO's
+    policies over the tau sweep (dots, solid) on the exact optima's (rings, dashed), the reference
+    policy (star) and the secondary objective's lower bound b (dotted).
+
+    Args:
+        cases: case -> {"mopo": (T, m), "exact": (T, m), "reference": (m,), "threshold": b}.
+    """
+    if len(objective_names) < 2:
+        raise ValueError(f"objective_names must name at least 2 objectives, got {objective_names}")
+    figure, axes = _case_axes(len(cases), 4.2, 3.8)
+    for ax, (name, case) in zip(axes, cases.items()):
+        mopo, exact = np.asarray(case["mopo"]), np.asarray(case["exact"])
+        ax.plot(exact[:, 0], exact[:, 1], color="grey", linestyle="--", marker="o", markersize=9,
+                markerfacecolor="none", label="exact optimum")  # fmt: skip
+        ax.plot(mopo[:, 0], mopo[:, 1], color=METHOD_COLOURS[0], marker="o", markersize=3, label="MOPO")
+        ax.scatter(case["reference"][0], case["reference"][1], marker="*", s=160, color="black",
+                   zorder=5, label="reference")  # fmt: skip
+        ax.axhline(case["threshold"], color="black", linestyle=":", linewidth=1, label="lower bound b")
+        ax.set_xlabel(f"E[p] {objective_names[0]}")
+        ax.set_ylabel(f"E[p] {objective_names[1]}")
+        ax.set_title(name.replace("_", " "), fontsize="medium")
+    axes[0].legend(fontsize="x-small")
+    figure.suptitle(title)
+    return _save_png(figure, path)

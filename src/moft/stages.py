@@ -93,6 +93,10 @@ def prepare(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         from moft.llm import stages as llm
 
         return llm.prepare(cfg, tracker)
+    if cfg.track == "synthetic":
+        from moft.mopo import stages as synthetic
+
+        return synthetic.prepare(cfg, tracker)
     paths = [resolve_data_path(p) for p in cfg.data.paths]
     raw = read_letor_files(paths, cfg.data.n_features, cfg.data.comment_fields)
     group_ids = raw["group_id"].to_numpy()
@@ -184,6 +188,10 @@ def validate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         from moft.llm import stages as llm
 
         return llm.validate(cfg, tracker)
+    if cfg.track == "synthetic":
+        from moft.mopo import stages as synthetic
+
+        return synthetic.validate(cfg, tracker)
     from moft.validation.ltr import raise_for_failures, validate_ltr, write_report  # GX: ~4 s import
 
     prepared = Prepared.load(cfg)
@@ -223,6 +231,10 @@ def train_base(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         from moft.llm import stages as llm
 
         return llm.train_base(cfg, tracker)
+    if cfg.track == "synthetic":
+        from moft.mopo import stages as synthetic
+
+        return synthetic.train_base(cfg, tracker)
     prepared = Prepared.load(cfg)
     _require_valid(cfg, prepared)
     set_threads(cfg.runtime.threads)
@@ -302,6 +314,10 @@ def finetune(cfg: MoftConfig, method: str, tracker: Tracker = NullTracker(), job
         from moft.llm import stages as llm
 
         return llm.finetune(cfg, method, tracker, jobs)
+    if cfg.track == "synthetic":
+        from moft.mopo import stages as synthetic
+
+        return synthetic.finetune(cfg, method, tracker, jobs)
     prepared = Prepared.load(cfg)
     _require_valid(cfg, prepared)
     set_threads(cfg.runtime.threads, jobs)
@@ -341,6 +357,10 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         from moft.llm import stages as llm
 
         return llm.evaluate(cfg, tracker)
+    if cfg.track == "synthetic":
+        from moft.mopo import stages as synthetic
+
+        return synthetic.evaluate(cfg, tracker)
     prepared = Prepared.load(cfg)
     layout = Layout.of(cfg)
     test = prepared.groups("test")
@@ -403,6 +423,7 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         for e in [*by_scale.values(), *by_beta.values()]:
             e.pop("_samples", None)
         entry.update(trained.accounting.to_json())
+        entry.update(method_facts(trained))
         keep = ("hypervolume", "main_mean", "steerability", "points")
         if len(by_scale) > 1:
             entry["beta_scales"] = {c: {kk: e[kk] for kk in keep} for c, e in by_scale.items()}
@@ -439,6 +460,12 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     tracker.log_metrics(dvc_metrics(summary))
     tracker.log_artifacts(layout.reports, "pareto")
     return layout.pareto_json
+
+
+def method_facts(trained: object) -> dict:
+    """What a method keeps beside its front for the report (MOPO: thresholds, multipliers,
+    achieved win rates and active constraints per grid point); empty for the others."""
+    return dict(getattr(trained, "extra", None) or {})
 
 
 def paired_probabilities(samples: dict[str, np.ndarray]) -> dict[str, float]:

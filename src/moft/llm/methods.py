@@ -50,6 +50,7 @@ from moft.llm.train import (
     validation_loss,
     weighted_loss,
 )
+from moft.losses import listnet_dpo_loss
 from moft.methods import Accounting
 from moft.methods.baselines import grid_index
 from moft.methods.hyperdpo import sample_weights
@@ -60,6 +61,7 @@ from moft.models.lm import (
     interpolate_lora,
     trainable_parameters,
 )
+from moft.mopo.targets import mopo_targets
 from moft.training import MetricLogger, no_log, resolve_device
 
 PolicyFactory = Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
@@ -231,6 +233,7 @@ class GridAdapters:
     lora: LoraSettings
     accounting: Accounting
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per trained job
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts (MOPO's multipliers)
 
     def adapter_at(self, w: np.ndarray) -> dict[str, torch.Tensor]:
         return self.states[grid_index(self.grid, w, self.name)]
@@ -257,6 +260,7 @@ class GridAdapters:
             "prompt_tuning": self.policy.hpt is not None,
             "accounting": self.accounting.to_json(),
             "history": self.history,
+            "extra": self.extra,
         }
         with atomic_dir(Path(out_dir)) as tmp:
             save_file(tensors, str(tmp / ADAPTERS_FILE))
@@ -294,7 +298,9 @@ class GridAdapters:
             )
         states = [{k: v.to(policy.device) for k, v in s.items()} for s in states]
         accounting = Accounting(**meta["accounting"])
-        return cls(method, grid, states, policy, meta["objectives"], lora, accounting, meta["history"])
+        return cls(
+            method, grid, states, policy, meta["objectives"], lora, accounting, meta["history"], meta.get("extra", {})
+        )
 
 
 class FixedWeightTrainer:
@@ -472,9 +478,51 @@ class LMMODPO:
         return GridAdapters.load(path, cfg, policy_factory, self.name)
 
 
+class LMMOPO:
+    """MOPO for LMs (SPEC 5.5, issue 6 part 4): a prompt's responses are the actions; per grid
+    point, tabular MOPO on the training groups (:mod:`moft.mopo.targets`: objective 1 primary,
+    thresholds swept with ``w``), then one LoRA (+ prompt tuning) model cloned onto ``pi_lambda``
+    by the shared listwise DPO loss, ListNet of ``beta_1 (s_theta - s_ref)`` towards it — weighted
+    behaviour cloning on the preference pairs with the MOPO weights. ``P`` jobs, like DPO-LS."""
+
+    name = "mopo"
+    requires: tuple[str, ...] = ()
+
+    def fit(self, ctx: LMFitContext) -> GridAdapters:
+        cfg, train = ctx.cfg, ctx.train
+        grid = np.asarray(ctx.grid, dtype=np.float64)
+        start = time.perf_counter()
+        solved = mopo_targets(
+            train.targets.double().numpy(), train.mask.numpy(), train.valid.numpy(), grid,
+            cfg.finetune.mopo, cfg.objective_names, ctx.log,
+        )
+        solve_seconds = time.perf_counter() - start
+        trainer = FixedWeightTrainer(ctx, self.name, len(grid))
+        trainer.seconds += solve_seconds
+        beta = float(cfg.objectives[0].beta)
+        states = []
+        for i, (w, table) in enumerate(zip(grid, solved.targets)):
+            target = torch.as_tensor(table, dtype=torch.float32)
+
+            def step_loss(idx: np.ndarray, rng: np.random.Generator, target: torch.Tensor = target) -> torch.Tensor:
+                scores = trainer.policy.group_logprobs(train, idx)
+                t, device = torch.as_tensor(idx), scores.device
+                ref = reference_scores(train, idx).to(device)
+                return listnet_dpo_loss(scores, ref, target[t].to(device), train.mask[t].to(device), beta).mean()
+
+            states.append(trainer.train(i, w, step_loss))
+        accounting = Accounting(trainer.seconds, len(grid), len(grid) * trainer.params_per_model)
+        front = trainer.front(grid, states, accounting)
+        front.extra = {"mopo": solved.summary(), "lo": solved.lo.tolist(), "hi": solved.hi.tolist()}
+        return front
+
+    def load(self, path: Path, cfg: MoftConfig, policy_factory: PolicyFactory) -> GridAdapters:
+        return GridAdapters.load(path, cfg, policy_factory, self.name)
+
+
 def get_lm_method(name: str) -> LMMethod:
     registry: dict[str, LMMethod] = {
-        m.name: m for m in (LMHyperDPO(), LMSingleObjective(), LMDPOLS(), LMDPOSoup(), LMMODPO())
+        m.name: m for m in (LMHyperDPO(), LMSingleObjective(), LMDPOLS(), LMDPOSoup(), LMMODPO(), LMMOPO())
     }
     if name not in registry:
         raise KeyError(f"unknown LM method {name!r}; available: {', '.join(sorted(registry))}")

@@ -386,6 +386,7 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         _method_entry,
         dvc_metrics,
         evaluation_grid,
+        method_facts,
         paired_probabilities,
         write_front_tables,
     )
@@ -445,6 +446,7 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         samples[method] = entry.pop("_samples")
         entry["main_retention"] = None
         entry.update(trained.accounting.to_json())
+        entry.update(method_facts(trained))
         summary["methods"][method] = entry
         rows += _front_rows(method, "c=1", 1.0, front, cfg.objective_names, prefix="ce", direction="min")
         plot_methods[method] = {"points": front.points, "main": front.main_points, "weights": grid}

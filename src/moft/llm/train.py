@@ -103,6 +103,15 @@ class LMPolicy:
         seen = {id(p): p for m in modules for p in m.parameters() if p.requires_grad}
         return list(seen.values())
 
+    def param_groups(self, lr: float, prefix_lr: float | None = None) -> list[dict]:
+        """Optimizer groups: the LoRA parameters at ``lr``, the prefix (HPT or plain prompt
+        tuning) at ``prefix_lr`` (``lr`` when None); empty groups left out."""
+        prefix = [p for p in self.hpt.parameters() if p.requires_grad] if self.hpt is not None else []
+        ids = {id(p) for p in prefix}
+        rest = [p for p in self.trainable() if id(p) not in ids]
+        groups = [{"params": rest, "lr": lr}, {"params": prefix, "lr": prefix_lr or lr}]
+        return [g for g in groups if g["params"]]
+
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
         if self.hpt is not None:
@@ -307,7 +316,8 @@ def train_lm(
     desc: str = "train",
     prefix: str = "",
 ) -> LMTrainResult:
-    """AdamW on ``policy``'s trainable parameters over shuffled batches of ``batch_pairs`` groups.
+    """AdamW on ``policy``'s trainable parameters (the prefix at ``settings.prefix_lr``) over
+    shuffled batches of ``batch_pairs`` groups.
 
     ``step_loss(idx, rng)`` maps the group indices of a batch to a scalar loss (``rng``, the
     loop's own generator seeded by ``settings.seed``, also serves weight sampling).
@@ -321,7 +331,9 @@ def train_lm(
     params = policy.trainable()
     if not params:
         raise ValueError("the policy has no trainable parameters (LoRA/HPT missing or frozen)")
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    opt = torch.optim.AdamW(
+        policy.param_groups(settings.lr, settings.prefix_lr), lr=settings.lr, weight_decay=settings.weight_decay
+    )
     per_epoch = math.ceil(len(groups) / settings.batch_pairs)
     total = per_epoch * settings.epochs
     if settings.max_steps is not None:

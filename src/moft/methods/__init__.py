@@ -84,9 +84,10 @@ def temperature_scaled(
 def get_method(name: str) -> Method:
     from moft.methods.baselines import DPOLS, MODPO, DPOSoup, SingleObjective
     from moft.methods.hyperdpo import HyperDPO, HyperDPOTemp
+    from moft.methods.mopo import MOPO
 
     registry: dict[str, Method] = {
-        m.name: m for m in (HyperDPO(), HyperDPOTemp(), DPOLS(), DPOSoup(), MODPO(), SingleObjective())
+        m.name: m for m in (HyperDPO(), HyperDPOTemp(), DPOLS(), DPOSoup(), MODPO(), SingleObjective(), MOPO())
     }
     if name not in registry:  # the config validates names; this guards direct calls
         raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(registry))}")

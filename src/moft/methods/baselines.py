@@ -11,7 +11,7 @@ accounting:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class GridModels:
     base: BaseScorer
     accounting: Accounting
     arch: dict
+    extra: dict = field(default_factory=dict)  # method-specific facts kept in meta.json (e.g. MOPO's multipliers)
 
     def policy(self, w: np.ndarray, beta_scale: float = 1.0) -> Policy:
         model = self.models[grid_index(self.grid, w, self.name)]
@@ -66,6 +67,7 @@ class GridModels:
                 "grid": self.grid.tolist(),
                 "architecture": self.arch,
                 "accounting": self.accounting.to_json(),
+                "extra": self.extra,
             },
         )
 
@@ -74,7 +76,10 @@ class GridModels:
         meta = read_json(path / "meta.json")
         grid = np.asarray(meta["grid"], dtype=np.float64)
         models = load_scorers(path / "models.safetensors", len(grid), build_from(meta, base, m))
-        return cls(meta["method"], grid, models, base, Accounting(**meta["accounting"]), meta["architecture"])
+        return cls(
+            meta["method"], grid, models, base, Accounting(**meta["accounting"]), meta["architecture"],
+            meta.get("extra", {}),
+        )
 
 
 def _weights(w: np.ndarray, batch_size: int, device: torch.device) -> torch.Tensor:

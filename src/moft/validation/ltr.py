@@ -128,14 +128,15 @@ def validate_ltr(
         _items_table(splits, roles, label_col, label_range, objective_cols),
         *_group_tables(splits),
     ]
-    return _run_tables(source, tables, run_id, _describe_failure)
+    return _run_tables(source, tables, run_id, _DESCRIBERS)
 
 
 def _run_tables(
-    source: Any, tables: list[_Table], run_id: Any, describe: Callable[[_Table, Any], list[str]]
+    source: Any, tables: list[_Table], run_id: Any, describers: dict[str, Callable[[_Table, Any], list[str]]]
 ) -> ValidationResult:
     """Run every table's suite; collect per-check summaries and readable failure messages
-    (``describe`` turns a failed GX result into sentences). Shared by every data kind's suite."""
+    (``describers``, by each expectation's ``meta["check"]``, turn a failed GX result into
+    sentences). Shared by every data kind's suite."""
     failures, checks, gx_results = [], [], []
     for table in tables:
         suite_result = _run_table(source, table, run_id)
@@ -143,7 +144,7 @@ def _run_tables(
         for result in suite_result.results:
             checks.append(_check_summary(table, result))
             if not result.success:
-                failures += describe(table, result)
+                failures += describe_failure(table, result, describers)
     return ValidationResult(not failures, failures, checks, gx_results)
 
 
@@ -466,13 +467,17 @@ def _format_value(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _describe_failure(table: _Table, result) -> list[str]:
+def describe_failure(
+    table: _Table, result: Any, describers: dict[str, Callable[[_Table, Any], list[str]]]
+) -> list[str]:
+    """Sentences for one failed expectation: an expectation that could not run says so, any
+    other is described by its suite's describer for ``meta["check"]``."""
     config = result.expectation_config
     if result.exception_info.get("raised_exception"):
         column = _check_summary(table, result)["column"]
         error = result.exception_info.get("exception_message")
         return [f"table '{table.name}': {config.type} on {column} could not run: {error}"]
-    return _DESCRIBERS[config.meta["check"]](table, result)
+    return describers[config.meta["check"]](table, result)
 
 
 def _missing_column(table: _Table, result) -> list[str]:

@@ -32,7 +32,6 @@ from moft.validation.ltr import (
     DataValidationError,
     RunIdentifier,
     ValidationResult,
-    _check_summary,
     _constant,
     _ephemeral_context,
     _examples,
@@ -124,7 +123,7 @@ def validate_preferences(
         _responses_table(stacked, usable, objective_cols),
         *_prompt_tables(stacked, usable, objective_cols, list(splits)),
     ]
-    return _run_tables(source, tables, run_id, _describe_failure)
+    return _run_tables(source, tables, run_id, _DESCRIBERS)
 
 
 def _all_objectives(splits: Mapping[str, pd.DataFrame]) -> dict[str, str]:
@@ -344,15 +343,6 @@ def _contiguous_prompts(
 
 
 # --- reading results ---------------------------------------------------------------------------
-
-
-def _describe_failure(table: _Table, result) -> list[str]:
-    config = result.expectation_config
-    if result.exception_info.get("raised_exception"):
-        column = _check_summary(table, result)["column"]
-        error = result.exception_info.get("exception_message")
-        return [f"table '{table.name}': {config.type} on {column} could not run: {error}"]
-    return _DESCRIBERS[config.meta["check"]](table, result)
 
 
 def _prompt_ids(rows: list[dict]) -> str:
