@@ -17,7 +17,6 @@ from prefect.cache_policies import NO_CACHE
 
 from moft import stages
 from moft.config import MoftConfig
-from moft.methods import get_method
 from moft.tracker import NullTracker
 
 # Config sections each stage depends on (a change elsewhere does not invalidate its cache).
@@ -61,7 +60,7 @@ def stage_inputs(cfg: MoftConfig, stage: str, method: str | None) -> list[Path]:
         "validate": [layout.prepared],
         "train_base": [layout.prepared, valid],
         "finetune": [layout.prepared, valid, layout.base]
-        + ([layout.finetuned(r) for r in get_method(method).requires] if method else []),
+        + ([layout.finetuned(r) for r in stages.method_requires(cfg, method)] if method else []),
         "evaluate": [layout.prepared, layout.base, layout.artifacts / "finetune"],
         "report": [layout.pareto_json],
     }[stage]

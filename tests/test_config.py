@@ -133,6 +133,7 @@ def test_objective_can_read_a_declared_comment_field():
         ("objectives.x.transform=log1p", r"'objectives\.x' is not an index"),
         ("profile.x=1", r"'profile' is not a section"),
         ("base.optim.seed", r"must look like dotted\.key=value"),
+        ("llm.prefix.item={name}{weight}", r"the value of llm\.prefix\.item is not valid YAML.*quote it"),
     ],
 )
 def test_malformed_overrides_are_named(override, pattern):

@@ -32,13 +32,7 @@ GRID = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
 E1, E2 = GRID[0], GRID[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine they cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +233,22 @@ def test_train_loop_validates_per_epoch_and_at_max_steps_and_restores_the_best(c
     # shuffled by the loop's own generator, seeded from the settings
     assert np.array_equal(np.concatenate(batches[:4]), np.random.default_rng(3).permutation(16))
     assert {len(b) for b in batches} == {4}
+
+
+def test_train_loop_with_validate_every_keeps_the_start_when_training_never_helps(cfg, splits):
+    train, _ = splits
+    weight = torch.nn.Linear(1, 1, bias=False)
+    start = weight.weight.item()
+    policy = LMPolicy(weight, tokenizer=None, llm=cfg.llm)
+    scripted = iter([1.0, 2.0, 1.5, 3.0, 4.0])
+    update = {"epochs": 3, "max_steps": 10, "batch_pairs": 4, "lr": 0.1, "validate_every": 3}
+    settings = cfg.llm.baselines.model_copy(update=update)
+    result = train_lm(
+        policy, train, settings, lambda idx, rng: (weight.weight - 5.0).pow(2).sum(), lambda: next(scripted)
+    )
+    # validation at the start, after steps 3, 6, 9 and at the end (10); epochs end at 4 and 8
+    assert [row["step"] for row in result.history] == [0, 3, 6, 9, 10]
+    assert result.best_step == 0 and weight.weight.item() == start  # the start was never beaten
 
 
 # ------------------------------------------------------------------------------------------

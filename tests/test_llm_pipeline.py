@@ -109,10 +109,11 @@ def test_llm_flow_end_to_end(prefect_harness, workdir, tiny_lm):
     summary = read_json(Path(result["pareto_json"]))
     assert summary["track"] == "llm" and summary["direction"] == "min" and summary["metric"] == "pref-ce"
     assert summary["reference_point"] == [1.1, 1.1] and len(summary["grid"]) == 5
-    assert list(summary["methods"]) == ["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo"]
+    assert list(summary["methods"]) == ["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo", "mopo"]
     assert summary["base"]["objectives"][0] == pytest.approx(np.log(2), abs=1e-6)  # the reference: log 2
     jobs = {name: e["n_jobs"] for name, e in summary["methods"].items()}
-    assert jobs["hyperdpo"] == 1 and jobs["dpo_ls"] == 5
+    assert jobs["hyperdpo"] == 1 and jobs["dpo_ls"] == 5 and jobs["mopo"] == 5
+    assert len(summary["methods"]["mopo"]["mopo"]) == 5  # thresholds, multipliers per grid point
     for entry in summary["methods"].values():
         assert len(entry["points"]) == 5 and 0 <= entry["hypervolume"]
         assert entry["trainable_params"] > 0 and entry["train_seconds"] > 0
@@ -145,3 +146,49 @@ def test_llm_flow_end_to_end(prefect_harness, workdir, tiny_lm):
     stages.finetune(cfg, "hyperdpo")
     fresh = read_json(stages.evaluate(cfg))
     assert fresh["data_hash"] != summary["data_hash"] and fresh["methods"]["hyperdpo"]["points"]
+
+
+def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm):
+    """MO-ODPO, the ODPO soup and P-MORL through the finetune and evaluate stages (tiny model, two
+    steps each), next to an offline method; then `moft generate` on the trained MO-ODPO front."""
+    from typer.testing import CliRunner
+
+    from moft import stages
+    from moft.cli import app
+
+    online = [
+        "finetune.methods=[hyperdpo,mo_odpo,odpo_soup,pmorl]",
+        "llm.max_prompt_tokens=64",
+        "llm.prefix.template='w={weights};'",
+        "llm.prefix.item='{name}{weight}'",
+        "llm.online.steps=2",
+        "llm.online.prompts_per_step=2",
+        "llm.online.max_new_tokens=4",
+        "llm.online.lr=0.01",
+    ]
+    cfg = load_config("llm-hh", tiny_llm(tiny_lm, *online))
+    for name in ("prepare", "validate", "train_base"):
+        getattr(stages, name)(cfg)
+    for wave in stages.finetune_waves(cfg):
+        for method in wave:
+            stages.finetune(cfg, method)
+    summary = read_json(stages.evaluate(cfg))
+    assert list(summary["methods"]) == ["hyperdpo", "mo_odpo", "odpo_soup", "pmorl"]
+    jobs = {name: e["n_jobs"] for name, e in summary["methods"].items()}
+    assert jobs == {"hyperdpo": 1, "mo_odpo": 1, "odpo_soup": 2, "pmorl": 1}
+    for name in ("mo_odpo", "odpo_soup", "pmorl"):
+        assert len(summary["methods"][name]["points"]) == 5
+        assert len(summary["generation"]["methods"][name]["points"]) == 5
+
+    model = cfg.artifacts() / "finetune" / "mo_odpo"
+    runner = CliRunner()
+    args = ["generate", "--model", str(model), "--prompt", "How do I bake bread?", "--prompt", "Hi"]
+    overrides = [x for o in tiny_llm(tiny_lm, *online) for x in ("--set", o)]
+    first = runner.invoke(app, [*args, "--weights", "1,0", *overrides])
+    assert first.exit_code == 0, first.output
+    rows = [json.loads(line) for line in first.output.splitlines()]
+    assert [r["prompt"] for r in rows] == ["How do I bake bread?", "Hi"] and all("response" in r for r in rows)
+    again = runner.invoke(app, [*args, "--weights", "1,0", *overrides])
+    assert again.output == first.output  # greedy and seeded: reproducible
+    bad = runner.invoke(app, [*args, "--weights", "0.5,0.6", *overrides])
+    assert bad.exit_code == 2 and "sum" in bad.output

@@ -37,13 +37,7 @@ PROMPTS = ["What is 2+2?", [{"role": "user", "content": "Say something kind abou
 RESPONSES = ["4", "Cats are wonderful."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine they cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 def tiny(seed: int = 0, init_std: float = 0.3):

@@ -17,13 +17,7 @@ TINY = ModelConfig(hidden=16, layers=2, heads=2, ff_mult=2, dropout=0.0)
 HYPER_KINDS = [(p, c) for p in ("scratch", "augmentation") for c in ("film", "concat")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine they cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one torch thread
 
 
 def make_base(seed: int = 0) -> BaseScorer:

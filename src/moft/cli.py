@@ -117,6 +117,41 @@ def score(
 
 
 @app.command()
+def generate(
+    model: Annotated[Path, typer.Option(help="A trained LM front: artifacts/<profile>/finetune/<method>.")],
+    weights: Annotated[str, typer.Option(help="Trade-off w, comma-separated, one per objective, on the simplex.")],
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="A text file, one prompt per line.")] = None,
+    profile: Profile = None,
+    overrides: Overrides = None,
+) -> None:
+    """Steer a trained LM front: one response per prompt at the trade-off --weights."""
+    from moft.llm.stages import load_front
+    from moft.online.front import steer
+
+    prompts = list(prompt or [])
+    if input is not None:
+        if not input.is_file():
+            typer.secho(f"moft generate: --input {input} is not a file", fg="red", err=True)
+            raise typer.Exit(2)
+        prompts += [line for line in input.read_text().splitlines() if line.strip()]
+    if not prompts:
+        typer.secho("moft generate: give --prompt (repeatable) or --input FILE", fg="red", err=True)
+        raise typer.Exit(2)
+    if profile is None and len(model.parts) >= 3 and model.parent.name == "finetune":
+        profile = model.parent.parent.name  # artifacts/<profile>/finetune/<method>
+    cfg = _config(profile, overrides)
+    try:
+        front = load_front(model, cfg)
+        texts = steer(front, prompts, weights)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        typer.secho(f"moft generate: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    for p, t in zip(prompts, texts):
+        typer.echo(json.dumps({"prompt": p, "weights": weights, "response": t}, ensure_ascii=False))
+
+
+@app.command()
 def champion(profile: Profile = None, overrides: Overrides = None) -> None:
     """Move the `champion` alias to this profile's newest HyperDPO version if its hypervolume,
     re-measured on the current evaluation data, is higher (e.g. after `dvc repro`)."""

@@ -304,7 +304,10 @@ class TemperatureHyperConfig(HyperDPOConfig):
         return self
 
 
-MethodName = Literal["hyperdpo", "hyperdpo_temp", "dpo_ls", "dpo_soup", "mo_dpo", "mopo"]
+MethodName = Literal[
+    "hyperdpo", "hyperdpo_temp", "dpo_ls", "dpo_soup", "mo_dpo", "mopo", "mo_odpo", "odpo_soup", "pmorl"
+]
+ONLINE_METHODS = ("mo_odpo", "odpo_soup", "pmorl")  # LLM track: sample, score with reward models, train
 
 
 class BaselinesConfig(Section):
@@ -379,11 +382,13 @@ class MopoSettings(Section):
 
 class FinetuneConfig(Section):
     methods: list[MethodName] = Field(
-        default_factory=lambda: ["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo"],
+        default_factory=lambda: ["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo", "mopo"],
         min_length=1,
         description="Multi-objective fine-tuning methods to run, each on the same data and grid: "
         "`hyperdpo` (one conditioned model), `dpo_ls` (one model per grid point), `dpo_soup` "
-        "(single-objective models, interpolated), `mo_dpo` (margin-adjusted model per point); "
+        "(single-objective models, interpolated), `mo_dpo` (margin-adjusted model per point), "
+        "`mopo` (objective 1 primary, the others constrained, thresholds swept with w; one "
+        "model per point cloned onto the constrained policy); "
         "`hyperdpo_temp` (HyperDPO also conditioned on the temperature, Algorithm 2) on request.",
     )
     hyperdpo: HyperDPOConfig = Field(
@@ -539,6 +544,12 @@ class LLMTrainSettings(Section):
         "than LoRA (PEFT's examples: 3e-2); null uses `lr`.",
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    validate_every: int | None = Field(
+        None,
+        ge=1,
+        description="Validate at the start and every this many steps (and at the end), keeping the "
+        "best state (early stopping, the starting policy included); null validates once per epoch.",
+    )
     seed: int = Field(0, description="Seed of initialisation, shuffling and weight sampling.")
 
 
@@ -551,6 +562,57 @@ class GenerationSettings(Section):
     do_sample: bool = Field(False, description="Sample (True) or decode greedily (False).")
     temperature: PositiveFloat = Field(0.7, description="Sampling temperature when sampling.")
     seed: int = Field(0, description="Seed of sampling.")
+
+
+class OnlineSettings(Section):
+    """Budget and hyper-parameters of the online methods (MO-ODPO, each ODPO single model of the
+    ODPO soup, P-MORL); MO-ODPO paper Algorithm 1."""
+
+    steps: int = Field(100, ge=1, description="Optimisation steps; each samples fresh responses.")
+    prompts_per_step: int = Field(4, ge=1, description="Training prompts per step (the batch).")
+    samples_per_prompt: int = Field(
+        2,
+        ge=2,
+        description="On-policy samples per prompt (paper: 2). MO-ODPO pairs the best with the worst "
+        "by w . r; P-MORL's baseline is the mean reward of the other samples.",
+    )
+    lr: PositiveFloat = Field(1e-4, description="AdamW learning rate of the LoRA parameters.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    beta: PositiveFloat = Field(
+        0.1,
+        description="KL regularisation towards the anchor: DPO's beta (MO-ODPO, ODPO) and the KL "
+        "penalty coefficient of P-MORL (paper: 0.01 for both).",
+    )
+    alpha: PositiveFloat | list[PositiveFloat] = Field(
+        1.0,
+        description="Dirichlet concentration of the sampled weights, one value or one per objective "
+        "(paper: 1.0 on Anthropic-HH, 0.7 on TL;DR; < 1 favours the vertices).",
+    )
+    max_new_tokens: int = Field(32, ge=1, description="Tokens sampled per response (< llm.max_response_tokens).")
+    temperature: PositiveFloat = Field(1.0, description="Sampling temperature of the rollouts.")
+    tie_tolerance: float = Field(
+        1e-6, ge=0, description="Pairs whose weighted rewards differ by at most this are ties and are skipped."
+    )
+    seed: int = Field(0, description="Seed of the LoRA init, prompt order, weights and sampling.")
+
+
+class PrefixSettings(Section):
+    """How ``w`` is written into the prompt of the prompt-conditioned online methods."""
+
+    template: str = Field(
+        "[Begin System Instruction]\n{weights}\n[End System Instruction]\n",
+        description="The whole instruction, with the field {weights} exactly once and text after it.",
+    )
+    item: str = Field("{name}: {weight}", description="One objective's entry, with {name} and {weight}.")
+    separator: str = Field(", ", description="Joins the objectives' entries.")
+    step: PositiveFloat = Field(0.1, le=1, description="Weights are quantised to this step (paper: 0.1).")
+
+    @model_validator(mode="after")
+    def _formats(self) -> "PrefixSettings":
+        from moft.online.prefix import WeightPrefix
+
+        WeightPrefix(self.template, self.item, self.separator, self.step)  # raises naming the problem
+        return self
 
 
 class LLMConfig(Section):
@@ -598,6 +660,13 @@ class LLMConfig(Section):
     )
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="The generation front (reward of samples)."
+    )
+    online: OnlineSettings = Field(
+        default_factory=OnlineSettings,
+        description="Online methods (mo_odpo, odpo_soup per single model, pmorl): one budget for all.",
+    )
+    prefix: PrefixSettings = Field(
+        default_factory=PrefixSettings, description="The system instruction that carries w (online methods)."
     )
 
 
@@ -715,6 +784,15 @@ class MoftConfig(Section):
             self._check_synthetic()
         elif "mopo" in self.finetune.methods and m < 2:
             raise ValueError("finetune.methods: `mopo` constrains objectives 2..m: it needs m >= 2 objectives")
+        online = [name for name in self.finetune.methods if name in ONLINE_METHODS]
+        if online and not llm:
+            raise ValueError(f"finetune.methods: {online} sample and score responses: they need track: llm")
+        unscored = [o.name for o in self.objectives if o.reward is None and o.eval_reward is None]
+        if online and unscored:
+            raise ValueError(
+                f"objectives {unscored} have neither `reward` nor `eval_reward`, but finetune.methods "
+                f"{online} score their samples online with a reward model per objective"
+            )
         for o in self.objectives:
             if self.track != "synthetic" and llm != (o.label is not None or o.reward is not None):
                 raise ValueError(
@@ -848,7 +926,14 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"override {assignment!r} must look like dotted.key=value")
     dotted, raw = assignment.split("=", 1)
     keys = dotted.strip().split(".")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"override {assignment!r}: the value of {dotted.strip()} is not valid YAML ({problem}); "
+            "quote it, e.g. key='{...}'"
+        ) from None
     node: Any = tree
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1

@@ -294,10 +294,19 @@ def load_base(directory: Path) -> BaseScorer:
 # finetune
 
 
+def method_requires(cfg: MoftConfig, method: str) -> tuple[str, ...]:
+    """The finetune jobs ``method`` needs first, from the track's method registry."""
+    if cfg.track == "llm":
+        from moft.llm.methods import get_lm_method
+
+        return get_lm_method(method).requires
+    return get_method(method).requires
+
+
 def finetune_waves(cfg: MoftConfig) -> list[list[str]]:
     """Finetune jobs in dependency order: prerequisites (shared single-objective models) first,
     then every configured method; jobs within a wave are independent and may run concurrently."""
-    needed = sorted({r for m in cfg.finetune.methods for r in get_method(m).requires})
+    needed = sorted({r for m in cfg.finetune.methods for r in method_requires(cfg, m)})
     return [w for w in (needed, list(cfg.finetune.methods)) if w]
 
 

@@ -137,6 +137,16 @@ def _on_device(policy: LMPolicy, cfg: MoftConfig) -> LMPolicy:
     return policy
 
 
+def read_saved(path: Path, meta_file: str, weights_file: str, writer: str) -> tuple[dict, Path, Path]:
+    """``(meta, meta path, weights path)`` of a saved front; a missing file is named with ``writer``,
+    what should have saved it."""
+    meta_path, weights_path = path / meta_file, path / weights_file
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} is missing: {path} was not saved by {writer}")
+    return read_json(meta_path), meta_path, weights_path
+
+
 def _check_objectives(saved: list[str], cfg: MoftConfig, where: Path) -> None:
     if saved != cfg.objective_names:
         raise ValueError(
@@ -269,11 +279,7 @@ class GridAdapters:
     @classmethod
     def load(cls, path: Path, cfg: MoftConfig, policy_factory: PolicyFactory, method: str) -> GridAdapters:
         path = Path(path)
-        meta_path, weights_path = path / META_FILE, path / ADAPTERS_FILE
-        for p in (meta_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p} is missing: {path} was not saved by a fixed-weight LM method")
-        meta = read_json(meta_path)
+        meta, meta_path, weights_path = read_saved(path, META_FILE, ADAPTERS_FILE, "a fixed-weight LM method")
         if meta.get("method") != method:
             raise ValueError(f"{meta_path}: written by method {meta.get('method')!r}, not {method!r}")
         _check_objectives(meta["objectives"], cfg, meta_path)
@@ -400,6 +406,10 @@ class Soup:
     def accounting(self) -> Accounting:
         return self.singles.accounting
 
+    @property
+    def objectives(self) -> list[str]:
+        return self.singles.objectives
+
     def adapter_at(self, w: np.ndarray) -> dict[str, torch.Tensor]:
         return interpolate_lora(self.singles.states, np.asarray(w, dtype=np.float64))
 
@@ -521,8 +531,10 @@ class LMMOPO:
 
 
 def get_lm_method(name: str) -> LMMethod:
+    from moft.online.methods import ONLINE  # the online methods build on this module
+
     registry: dict[str, LMMethod] = {
-        m.name: m for m in (LMHyperDPO(), LMSingleObjective(), LMDPOLS(), LMDPOSoup(), LMMODPO(), LMMOPO())
+        m.name: m for m in (LMHyperDPO(), LMSingleObjective(), LMDPOLS(), LMDPOSoup(), LMMODPO(), LMMOPO(), *ONLINE)
     }
     if name not in registry:
         raise KeyError(f"unknown LM method {name!r}; available: {', '.join(sorted(registry))}")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from moft.llm.data import MESSAGES_COL, PreferenceGroups
 from moft.losses import listnet_loss
 from moft.metrics import pareto
 from moft.tracker import NullTracker, Tracker
-from moft.training import set_threads
+from moft.training import resolve_device, set_threads
 
 SPLITS = ("train", "val", "test")
 REWARD_TIE = 1e-6  # reward differences below this make a pair a tie (no preference)
@@ -240,6 +242,30 @@ def load_policy(cfg: MoftConfig):
     return load_causal_lm(cfg.llm.model, cache_dir=Path(cfg.llm.model_cache))
 
 
+def load_front(path: Path, cfg: MoftConfig):
+    """A trained LM front from its directory (``artifacts/<profile>/finetune/<method>``), the method
+    read from the file it saved: ``online.json`` (online methods), ``meta.json`` (fixed-weight
+    methods) or ``hyper_lm.json`` (HyperDPO)."""
+    from moft.llm.methods import META_FILE, get_lm_method
+    from moft.models.hpt import HPT_META
+    from moft.online.front import META_FILE as ONLINE_META
+
+    path = Path(path)
+    for name in (ONLINE_META, META_FILE, HPT_META):
+        if (path / name).is_file():
+            meta = read_json(path / name)
+            method = meta.get("method") or meta.get("meta", {}).get("method")
+            break
+    else:
+        raise FileNotFoundError(
+            f"{path} holds no trained LM front ({ONLINE_META}, {META_FILE} or {HPT_META}): give "
+            "artifacts/<profile>/finetune/<method>"
+        )
+    if not method:
+        raise ValueError(f"{path / name} does not name the method that wrote it")
+    return get_lm_method(method).load(path, cfg, lambda: load_policy(cfg))
+
+
 def train_base(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     """Reference policy (optional SFT on preferred responses) and its log-probs of every response."""
     from moft.llm.train import LMPolicy
@@ -432,7 +458,9 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     }
     samples = {"base": base_samples}
     rows, plot_methods, gen_plot = [], {}, {}
-    for method in cfg.finetune.methods:
+
+    def score(method: str):
+        """One method's policy at every grid point: CE and log-ratio per test pair, generations."""
         trained = get_lm_method(method).load(_require(layout.finetuned(method), "finetune"), cfg, lambda: load_policy(cfg))
         per_point_ce, per_point_main, generations = [], [], []
         for w in grid:
@@ -441,7 +469,15 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
             per_point_main.append(log_ratio(logps, test))
             if gen_prompts and evals:
                 generations.append(trained.generate([test.prompts[i] for i in gen_prompts], w))
-        front = FrontMetrics(grid, np.stack(per_point_ce), np.stack(per_point_main))
+        return trained, FrontMetrics(grid, np.stack(per_point_ce), np.stack(per_point_main)), generations
+
+    # methods are scored concurrently, the cores split between them (one model copy each)
+    jobs = min(len(cfg.finetune.methods), os.cpu_count() or 1) if resolve_device(cfg.runtime.device) == "cpu" else 1
+    set_threads(cfg.runtime.threads, jobs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        scored = list(pool.map(score, cfg.finetune.methods))
+    set_threads(cfg.runtime.threads)
+    for method, (trained, front, generations) in zip(cfg.finetune.methods, scored):
         entry = _method_entry(front, ref, indices, base_main=0.0, direction="min")
         samples[method] = entry.pop("_samples")
         entry["main_retention"] = None
@@ -515,20 +551,15 @@ def _normaliser(meta: dict):
     return RewardNormaliser.from_dict(stats) if stats else None
 
 
-def _prompt_text(prompt) -> str:
-    """What a reward model sees as the prompt: the dialogue text (chat messages joined)."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
-
-
 def _generation_entry(
     generations: list[list[str]], prompts: list, evals: dict[str, str], normaliser, grid: np.ndarray,
     cfg: MoftConfig,
 ) -> dict:
     from moft.rewards import get_reward
 
-    texts = [_prompt_text(p) for p in prompts]
+    from moft.rewards.prompts import prompt_text
+
+    texts = [prompt_text(p) for p in prompts]
     points = []
     for w, responses in zip(grid, generations):
         raw = np.stack([get_reward(r).score(texts, responses) for r in evals.values()], axis=1)

@@ -322,7 +322,8 @@ def train_lm(
     ``step_loss(idx, rng)`` maps the group indices of a batch to a scalar loss (``rng``, the
     loop's own generator seeded by ``settings.seed``, also serves weight sampling).
     ``validate()`` returns a lower-is-better loss, called after every epoch and once more when
-    ``max_steps`` ends an epoch early; the parameters with the best one are restored at the end.
+    ``max_steps`` ends an epoch early, or with ``settings.validate_every`` at the start and every
+    that many steps (and at the end); the parameters with the best one are restored at the end.
     Per-step ``{prefix}train_loss`` and per-validation ``{prefix}val_loss`` go to ``log``.
     """
     if not len(groups):
@@ -341,9 +342,24 @@ def train_lm(
     result = LMTrainResult()
     best = [p.detach().clone() for p in params]
     start = time.perf_counter()
+
+    def checkpoint(epoch: int, losses: list[float]) -> None:
+        nonlocal best
+        policy.train(False)
+        val = validate()
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        result.history.append({"epoch": epoch, "step": result.steps, "train_loss": train_loss, "val_loss": val})
+        log({f"{prefix}val_loss": val}, result.steps)
+        if val < result.best_val_loss:
+            result.best_val_loss, result.best_step = val, result.steps
+            best = [p.detach().clone() for p in params]
+
+    every = settings.validate_every
+    if every is not None:
+        checkpoint(0, [])  # the starting policy competes too: training must beat it on validation
     bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
     for epoch in range(1, settings.epochs + 1):
-        losses = []
+        losses: list[float] = []
         for idx in groups.batches(settings.batch_pairs, rng):
             policy.train(True)
             loss = step_loss(idx, rng)
@@ -356,16 +372,12 @@ def train_lm(
             log({f"{prefix}train_loss": losses[-1]}, result.steps)
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if every is not None and result.steps % every == 0:
+                checkpoint(epoch, losses)
             if result.steps == total:
                 break
-        policy.train(False)
-        val = validate()
-        row = {"epoch": epoch, "step": result.steps, "train_loss": float(np.mean(losses)), "val_loss": val}
-        result.history.append(row)
-        log({f"{prefix}val_loss": val}, result.steps)
-        if val < result.best_val_loss:
-            result.best_val_loss, result.best_step = val, result.steps
-            best = [p.detach().clone() for p in params]
+        if every is None or (result.steps == total and result.steps % every):
+            checkpoint(epoch, losses)  # per epoch, or at the end of training unless just validated
         if result.steps == total:
             break
     bar.close()

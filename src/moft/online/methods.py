@@ -1,0 +1,75 @@
+"""The online methods behind the LM method interface (:class:`moft.llm.methods.LMMethod`), so the
+pipeline's finetune and evaluate stages run them like the offline ones:
+
+- ``mo_odpo``: MO-ODPO (prompt-conditioned online DPO, one model);
+- ``odpo_soup``: one online-DPO model per objective, LoRA weights interpolated at ``w``;
+- ``pmorl``: prompt-conditioned REINFORCE with a leave-one-out control variate.
+
+Each objective is scored online by its reward model: ``reward`` when the objective is
+model-scored, else its ``eval_reward`` (a human-label objective such as HH-RLHF's harmlessness has
+no scorer of its own; the configuration requires one of the two for online methods). The rewards
+are normalised with statistics of the training split's responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from moft.config import MoftConfig
+from moft.llm.methods import LMFitContext, PolicyFactory, TrainedLMFront
+from moft.online.baselines import fit_odpo_soup, fit_pmorl, load_odpo_soup
+from moft.online.front import OnlineFront
+from moft.online.mo_odpo import fit_mo_odpo
+from moft.online.prefix import WeightPrefix
+from moft.online.rewards import RewardSet
+from moft.online.rollout import OnlineTask
+from moft.rewards import get_reward
+
+
+def objective_rewards(cfg: MoftConfig) -> list[str]:
+    """The reward model that scores each objective's samples online: ``eval_reward``, else ``reward``."""
+    names = [o.eval_reward or o.reward for o in cfg.objectives]  # the generation front scores with the same
+    missing = [o.name for o, r in zip(cfg.objectives, names) if r is None]
+    if missing:
+        raise ValueError(
+            f"objectives {missing} have neither `reward` nor `eval_reward`: the online methods score "
+            "their samples with a reward model per objective"
+        )
+    return names  # type: ignore[return-value]
+
+
+def online_task(ctx: LMFitContext) -> OnlineTask:
+    """The training prompts, reward set (normalised on the training responses) and prefix."""
+    cfg = ctx.cfg
+    prompts, responses, _, _ = ctx.train.flat()
+    models = [get_reward(name) for name in objective_rewards(cfg)]
+    rewards = RewardSet.fit(cfg.objective_names, models, prompts, responses)
+    prefix = WeightPrefix(**cfg.llm.prefix.model_dump())
+    return OnlineTask(cfg, list(ctx.train.prompts), ctx.policy_factory, rewards, prefix, ctx.log)
+
+
+@dataclass(frozen=True)
+class OnlineMethod:
+    name: str
+    fit_with: Callable[[OnlineTask, object], TrainedLMFront]
+    load_with: Callable[[Path, MoftConfig, PolicyFactory], TrainedLMFront]
+    requires: tuple[str, ...] = ()
+
+    def fit(self, ctx: LMFitContext) -> TrainedLMFront:
+        return self.fit_with(online_task(ctx), ctx.cfg.llm.online)
+
+    def load(self, path: Path, cfg: MoftConfig, policy_factory: PolicyFactory) -> TrainedLMFront:
+        return self.load_with(path, cfg, policy_factory)
+
+
+def _front_loader(method: str) -> Callable[[Path, MoftConfig, PolicyFactory], OnlineFront]:
+    return lambda path, cfg, factory: OnlineFront.load(path, cfg, factory, method=method)
+
+
+ONLINE = (
+    OnlineMethod("mo_odpo", fit_mo_odpo, _front_loader("mo_odpo")),
+    OnlineMethod("odpo_soup", fit_odpo_soup, load_odpo_soup),
+    OnlineMethod("pmorl", fit_pmorl, _front_loader("pmorl")),
+)
