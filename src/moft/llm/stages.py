@@ -36,6 +36,7 @@ from moft.tracker import NullTracker, Tracker
 from moft.training import resolve_device, set_threads
 
 SPLITS = ("train", "val", "test")
+REWARDS_DIR = "rewards"  # train_base: reward models trained for objectives with eval_reward: trained
 REWARD_TIE = 1e-6  # reward differences below this make a pair a tie (no preference)
 
 
@@ -165,7 +166,7 @@ def _eval_reward_stats(cfg: MoftConfig, train: pd.DataFrame) -> dict[str, dict[s
     """Mean/std of every generation-front reward on the training responses (SPEC 4)."""
     from moft.rewards import RewardNormaliser
 
-    evals = _eval_rewards(cfg)
+    evals = {n: r for n, r in _eval_rewards(cfg).items() if r != "trained"}  # trained: by train_base
     if not evals:
         return {}
     own = {o.name: o.reward for o in cfg.objectives}
@@ -289,11 +290,61 @@ def train_base(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
             ref[split] = LMPolicy(model, tokenizer, cfg.llm, "cpu").logprobs(groups).contiguous()
             metrics[f"{split}_mean_ref_logp"] = float(ref[split][groups.mask].mean())
         save_file(ref, str(out / "ref_logps.safetensors"))
+        del model
+        stats = _train_reward_models(cfg, out / REWARDS_DIR, metrics)
         metrics["seconds"] = time.perf_counter() - start
-        atomic_write_json(out / "meta.json", {"model": cfg.llm.model, "sft": cfg.llm.sft.enabled, "metrics": metrics})
+        atomic_write_json(
+            out / "meta.json",
+            {"model": cfg.llm.model, "sft": cfg.llm.sft.enabled, "metrics": metrics, "reward_normaliser": stats},
+        )
     tracker.log_metrics(metrics)
     tracker.log_artifact(layout.base / "meta.json", "base")
     return layout.base
+
+
+def _train_reward_models(cfg: MoftConfig, out: Path, metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """A Bradley-Terry reward model (TRL RewardTrainer) per objective with ``eval_reward: trained``,
+    trained on that label's training pairs and saved under ``out/<objective>``; its pairwise
+    accuracy on the training and validation pairs goes to ``metrics``. Returns the normaliser
+    statistics of its scores on the training responses (SPEC 4)."""
+    from moft.rewards import RewardNormaliser
+    from moft.rewards.prompts import prompt_text
+    from moft.rewards.relevance import minilm_dir
+    from moft.rewards.trained import pairs_from_groups, train_reward_model
+
+    names = [o.name for o in cfg.objectives if o.eval_reward == "trained"]
+    if not names:
+        return {}
+    rm = cfg.llm.reward_model
+    backbone = minilm_dir() if rm.model == "minilm" else rm.model
+    train, val = load_groups(cfg, "train", with_ref=False), load_groups(cfg, "val", with_ref=False)
+    prompts, responses, _, _ = train.flat()
+    scores = []
+    for name in names:
+        reward = train_reward_model(
+            pairs_from_groups(train, name), backbone, out / name, steps=rm.steps, lr=rm.lr, seed=rm.seed,
+            batch_size=rm.batch_size, max_length=rm.max_length, name=f"trained_{name}",
+        )
+        for split, groups in (("train", train), ("val", val)):
+            pairs = pairs_from_groups(groups, name)
+            if pairs:
+                chosen = reward.score([p.prompt for p in pairs], [p.chosen for p in pairs])
+                rejected = reward.score([p.prompt for p in pairs], [p.rejected for p in pairs])
+                metrics[f"reward_{name}_{split}_accuracy"] = float(np.mean(chosen > rejected))
+        scores.append(reward.score([prompt_text(p) for p in prompts], responses))
+    return RewardNormaliser(tuple(names)).fit(np.stack(scores, axis=1)).to_dict()
+
+
+def reward_model(cfg: MoftConfig, objective: str, reward: str):
+    """The reward model called ``reward`` for ``objective``: a built-in one, or (``trained``) the
+    one the base stage trained for that objective."""
+    if reward != "trained":
+        from moft.rewards import get_reward
+
+        return get_reward(reward)
+    from moft.rewards.trained import TrainedReward
+
+    return TrainedReward.load(_require(_layout(cfg).base / REWARDS_DIR / objective, "train_base"))
 
 
 def _sft(cfg: MoftConfig, train: PreferenceGroups, out: Path, tracker: Tracker) -> dict[str, float]:
@@ -432,7 +483,7 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     base_samples = pareto.hypervolume_samples(base_front.objectives, indices, ref, "min")
     evals = _eval_rewards(cfg)
     gen_prompts = _generation_prompts(cfg, test)
-    normaliser = _normaliser(meta)
+    normaliser = _normaliser(cfg, meta)
     summary: dict = {
         "profile": cfg.profile,
         "track": cfg.track,
@@ -544,10 +595,16 @@ def _generation_prompts(cfg: MoftConfig, test: PreferenceGroups) -> list[int]:
     return list(range(n))
 
 
-def _normaliser(meta: dict):
+def _normaliser(cfg: MoftConfig, meta: dict):
+    """Training-response statistics of every generation-front reward: the built-in ones from
+    prepare, the trained ones from train_base; ordered as the objectives."""
     from moft.rewards import RewardNormaliser
 
-    stats = meta.get("reward_normaliser") or {}
+    stats = dict(meta.get("reward_normaliser") or {})
+    base_meta = _layout(cfg).base / "meta.json"
+    if base_meta.is_file():
+        stats.update(read_json(base_meta).get("reward_normaliser") or {})
+    stats = {n: stats[n] for n in _eval_rewards(cfg) if n in stats}
     return RewardNormaliser.from_dict(stats) if stats else None
 
 
@@ -555,14 +612,12 @@ def _generation_entry(
     generations: list[list[str]], prompts: list, evals: dict[str, str], normaliser, grid: np.ndarray,
     cfg: MoftConfig,
 ) -> dict:
-    from moft.rewards import get_reward
-
     from moft.rewards.prompts import prompt_text
 
     texts = [prompt_text(p) for p in prompts]
     points = []
     for w, responses in zip(grid, generations):
-        raw = np.stack([get_reward(r).score(texts, responses) for r in evals.values()], axis=1)
+        raw = np.stack([reward_model(cfg, n, r).score(texts, responses) for n, r in evals.items()], axis=1)
         normed = normaliser.transform(raw) if normaliser is not None else raw
         points.append({
             "w": np.asarray(w).round(6).tolist(),

@@ -25,7 +25,6 @@ from moft.online.mo_odpo import fit_mo_odpo
 from moft.online.prefix import WeightPrefix
 from moft.online.rewards import RewardSet
 from moft.online.rollout import OnlineTask
-from moft.rewards import get_reward
 
 
 def objective_rewards(cfg: MoftConfig) -> list[str]:
@@ -44,7 +43,9 @@ def online_task(ctx: LMFitContext) -> OnlineTask:
     """The training prompts, reward set (normalised on the training responses) and prefix."""
     cfg = ctx.cfg
     prompts, responses, _, _ = ctx.train.flat()
-    models = [get_reward(name) for name in objective_rewards(cfg)]
+    from moft.llm.stages import reward_model
+
+    models = [reward_model(cfg, o, r) for o, r in zip(cfg.objective_names, objective_rewards(cfg))]
     rewards = RewardSet.fit(cfg.objective_names, models, prompts, responses)
     prefix = WeightPrefix(**cfg.llm.prefix.model_dump())
     return OnlineTask(cfg, list(ctx.train.prompts), ctx.policy_factory, rewards, prefix, ctx.log)

