@@ -187,6 +187,8 @@ def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm)
         assert len(summary["methods"][name]["points"]) == 5
         points = summary["generation"]["methods"][name]["points"]
         assert len(points) == 5 and all(len(p["rewards"]) == 2 for p in points)
+        gen = summary["generation"]["methods"][name]
+        assert gen["hypervolume"] >= 0 and gen["spread"] >= 0 and gen["reference_point"] == [-1.0, -1.0]
     assert summary["generation"]["rewards"] == {"harmless": "trained", "relevance": "conciseness"}
 
     model = cfg.artifacts() / "finetune" / "mo_odpo"

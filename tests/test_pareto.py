@@ -169,3 +169,14 @@ def test_check_simplex_accepts_and_rejects():
         check_simplex([0.5, 0.5], size=3)
     with pytest.raises(ValueError, match="1-D vector"):
         check_simplex([[0.5, 0.5]])
+
+
+def test_spread_is_zero_for_a_collapsed_front_and_the_mean_distance_to_the_centroid():
+    from moft.metrics.pareto import spread
+
+    assert spread(np.array([[0.3, 0.4]] * 5)) == 0.0
+    assert spread(np.array([[0.0, 0.0], [2.0, 0.0]])) == pytest.approx(1.0)
+    square = np.array([[0.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 2.0]])
+    assert spread(square) == pytest.approx(np.sqrt(2.0))
+    with pytest.raises(ValueError, match="non-empty"):
+        spread(np.zeros((0, 2)))

@@ -434,6 +434,12 @@ class EvaluateConfig(Section):
     reference_point: list[float] | None = Field(
         None, description="Hypervolume reference point; default 0 on every axis (NDCG is >= 0)."
     )
+    generation_reference: float = Field(
+        -1.0,
+        description="LLM track: the generation front's hypervolume reference point on every axis, "
+        "in units of the rewards' training-response standard deviation (z-scores; -1: one std "
+        "below the mean of the data's responses).",
+    )
     bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples over test groups.")
     bootstrap_seed: int = Field(0, description="Seed of the bootstrap resamples.")
     beta_scales: list[PositiveFloat] = Field(

@@ -634,6 +634,14 @@ def generation_markdown(summary: dict) -> list[str]:
     steer = [f"{m}: " + ", ".join(f"{s:+.2f}" for s in e["steerability"]) for m, e in gen["methods"].items() if e["steerability"]]
     if steer:
         lines += ["", "Generation steerability (Spearman of w_j and reward j): " + "; ".join(steer)]
+    hv = [
+        f"{m}: HV {e['hypervolume']:.4f}, spread {e['spread']:.3f}"
+        for m, e in gen["methods"].items() if "hypervolume" in e
+    ]
+    if hv:
+        ref = next(e["reference_point"] for e in gen["methods"].values() if "reference_point" in e)
+        lines += ["", f"Generation front hypervolume (reference {ref}) and spread (mean distance of the "
+                  "points from their centroid; 0 = the weights do not change the output): " + "; ".join(hv)]
     return lines
 
 

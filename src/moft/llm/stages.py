@@ -626,10 +626,14 @@ def _generation_entry(
             "example": responses[0][:300],
         })
     rewards = np.asarray([p["rewards"] for p in points])
+    ref = np.full(rewards.shape[1], cfg.evaluate.generation_reference)
     return {
         "points": points,
         "steerability": (
             pareto.steerability(grid[:, [cfg.objective_names.index(n) for n in evals]], rewards, "max")
             if len(points) > 1 else []
         ),
+        "hypervolume": float(pareto.hypervolume(rewards, ref, "max")),
+        "reference_point": ref.tolist(),
+        "spread": pareto.spread(rewards),
     }

@@ -275,3 +275,12 @@ def check_simplex(w: np.ndarray, name: str = "weights", size: int | None = None)
             f"(sum is {total:.6g})"
         )
     return w
+
+
+def spread(points: np.ndarray) -> float:
+    """Mean Euclidean distance of a front's points from their centroid: 0 when every trade-off
+    gives the same result (mode collapse), larger when the trade-offs reach further apart."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or not len(points):
+        raise ValueError(f"points must be a non-empty (P, m) array, got shape {points.shape}")
+    return float(np.linalg.norm(points - points.mean(0), axis=1).mean())
