@@ -529,6 +529,12 @@ class HPTSettings(Section):
     k: int = Field(8, ge=1, description="Virtual tokens of Hyper Prompt Tuning (paper: 8).")
     r: int = Field(4, ge=1, description="Rank of the mask M = A B (paper: 4).")
     hidden: int = Field(64, ge=1, description="Width of the two MLPs w -> A and w -> B.")
+    init_std: float = Field(
+        0.01,
+        ge=0,
+        description="Std of the two MLPs' output weights at initialisation: how strongly w moves the "
+        "mask M (around all ones) before training; larger lets w matter sooner.",
+    )
 
 
 class SFTSettings(Section):

@@ -122,7 +122,9 @@ def _with_prefix(peft_model: Any, tokenizer: PreTrainedTokenizerBase, cfg: MoftC
     h, m = cfg.llm.hpt, len(cfg.objectives)
     hpt = None
     if hyper:
-        hpt = HyperPromptTuning.for_model(peft_model, m, seed=seed, n_virtual=h.k, rank=h.r, mlp_hidden=h.hidden)
+        hpt = HyperPromptTuning.for_model(
+            peft_model, m, seed=seed, n_virtual=h.k, rank=h.r, mlp_hidden=h.hidden, init_std=h.init_std
+        )
     elif cfg.llm.baseline_prompt_tuning:
         hpt = HyperPromptTuning.plain(peft_model, m, seed=seed, n_virtual=h.k)
     return LMPolicy(peft_model, tokenizer, cfg.llm, hpt=hpt)

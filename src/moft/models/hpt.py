@@ -39,6 +39,7 @@ class HPTConfig:
     n_virtual: int = 8  # k virtual tokens (paper: 8)
     rank: int = 4  # r, rank of the mask M = A B (paper: 4)
     mlp_hidden: int = 64  # width of the two MLPs
+    init_std: float = 0.01  # std of the MLPs' output weights: how much w moves the mask at the start
     temperature: bool = False  # also conditioned on beta_bar (temperature hypernetwork, SPEC 5.2)
     conditioned: bool = True  # False: plain prompt tuning (the prefix is P, no w, no MLPs)
 
@@ -46,12 +47,15 @@ class HPTConfig:
         for name in ("n_objectives", "hidden_size", "n_virtual", "rank", "mlp_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"HPTConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.init_std < 0:
+            raise ValueError(f"HPTConfig.init_std={self.init_std} must be >= 0")
 
 
-def _mlp(n_in: int, hidden: int, n_out: int, bias_init: float) -> nn.Sequential:
-    """Two-layer MLP whose output starts at ``bias_init`` plus a small ``w``-dependent part."""
+def _mlp(n_in: int, hidden: int, n_out: int, bias_init: float, init_std: float = 0.01) -> nn.Sequential:
+    """Two-layer MLP whose output starts at ``bias_init`` plus a ``w``-dependent part of scale
+    ``init_std``."""
     net = nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, n_out))
-    nn.init.normal_(net[2].weight, std=0.01)
+    nn.init.normal_(net[2].weight, std=init_std)
     nn.init.constant_(net[2].bias, bias_init)
     return net
 
@@ -77,8 +81,8 @@ class HyperPromptTuning(nn.Module):
         n_cond = config.n_objectives * (2 if config.temperature else 1)
         self.mlp_a = self.mlp_b = None
         if config.conditioned:
-            self.mlp_a = _mlp(n_cond, config.mlp_hidden, k * r, bias_init=1.0 / r)
-            self.mlp_b = _mlp(n_cond, config.mlp_hidden, r * d, bias_init=1.0)
+            self.mlp_a = _mlp(n_cond, config.mlp_hidden, k * r, 1.0 / r, config.init_std)
+            self.mlp_b = _mlp(n_cond, config.mlp_hidden, r * d, 1.0, config.init_std)
         if init_prefix is None:
             init_prefix = torch.randn(k, d) * 0.02
         if init_prefix.shape != (k, d):
