@@ -32,9 +32,9 @@ def test_prefect_flow_tracks_everything_in_mlflow(prefect_harness, workdir):
     assert summary["objectives"] == ["quality2", "url_clicks"]
     assert summary["metric"] == "ndcg@10" and summary["direction"] == "max"
     assert len(summary["grid"]) == 11 and summary["grid"][0] == [0.0, 1.0]
-    assert list(summary["methods"]) == ["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo"]
+    assert list(summary["methods"]) == ["hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo", "mopo"]
     jobs = {name: e["n_jobs"] for name, e in summary["methods"].items()}
-    assert jobs == {"hyperdpo": 1, "dpo_ls": 11, "dpo_soup": 2, "mo_dpo": 2 + 9}
+    assert jobs == {"hyperdpo": 1, "dpo_ls": 11, "dpo_soup": 2, "mo_dpo": 2 + 9, "mopo": 11}
     assert "hyperdpo>dpo_ls" in summary["paired"] and "hyperdpo>mo_dpo" in summary["paired"]
     entry = summary["methods"]["hyperdpo"]
     for key in ("hypervolume", "hypervolume_ci95", "steerability", "main_mean", "main_std",
@@ -58,7 +58,7 @@ def test_prefect_flow_tracks_everything_in_mlflow(prefect_harness, workdir):
     )
     stages = {r.data.tags["moft.stage"] for r in children}
     assert stages == {"prepare", "validate", "train_base", "finetune:single_objective", "evaluate", "report"} | {
-        f"finetune:{m}" for m in ("hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo")
+        f"finetune:{m}" for m in ("hyperdpo", "dpo_ls", "dpo_soup", "mo_dpo", "mopo")
     }
     assert all(r.info.status == "FINISHED" for r in children)
     finetune = next(r for r in children if r.data.tags["moft.stage"] == "finetune:hyperdpo")
