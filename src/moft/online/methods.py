@@ -28,15 +28,18 @@ from moft.online.rollout import OnlineTask
 
 
 def objective_rewards(cfg: MoftConfig) -> list[str]:
-    """The reward model that scores each objective's samples online: ``eval_reward``, else ``reward``."""
-    names = [o.eval_reward or o.reward for o in cfg.objectives]  # the generation front scores with the same
-    missing = [o.name for o, r in zip(cfg.objectives, names) if r is None]
+    """The reward model that scores each objective's samples online: the one that scores its
+    generation front (``eval_reward``, else ``reward``); every objective needs one."""
+    from moft.llm.stages import _eval_rewards
+
+    evals = _eval_rewards(cfg)
+    missing = [n for n in cfg.objective_names if n not in evals]
     if missing:
         raise ValueError(
             f"objectives {missing} have neither `reward` nor `eval_reward`: the online methods score "
             "their samples with a reward model per objective"
         )
-    return names  # type: ignore[return-value]
+    return [evals[n] for n in cfg.objective_names]
 
 
 def online_task(ctx: LMFitContext) -> OnlineTask:
