@@ -149,15 +149,16 @@ def test_llm_flow_end_to_end(prefect_harness, workdir, tiny_lm):
 
 
 def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm):
-    """MO-ODPO, the ODPO soup and P-MORL through the finetune and evaluate stages (tiny model, two
-    steps each), next to an offline method; then `moft generate` on the trained MO-ODPO front."""
+    """MO-ODPO, the ODPO soup, P-MORL and RiC through the finetune and evaluate stages (tiny model,
+    two steps each), next to an offline method; then `moft generate` on the trained MO-ODPO and
+    RiC fronts."""
     from typer.testing import CliRunner
 
     from moft import stages
     from moft.cli import app
 
     online = [
-        "finetune.methods=[hyperdpo,mo_odpo,odpo_soup,pmorl]",
+        "finetune.methods=[hyperdpo,mo_odpo,odpo_soup,pmorl,ric]",
         "objectives.0.eval_reward=trained",  # harmlessness scored by a reward model trained on its label
         "llm.reward_model.steps=4",
         "llm.reward_model.max_length=64",
@@ -168,6 +169,9 @@ def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm)
         "llm.online.prompts_per_step=2",
         "llm.online.max_new_tokens=4",
         "llm.online.lr=0.01",
+        "llm.ric.sft_steps=2",
+        "llm.ric.online_prompts=2",
+        "llm.ric.online_steps=1",
     ]
     cfg = load_config("llm-hh", tiny_llm(tiny_lm, *online))
     for name in ("prepare", "validate", "train_base"):
@@ -180,10 +184,10 @@ def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm)
         for method in wave:
             stages.finetune(cfg, method)
     summary = read_json(stages.evaluate(cfg))
-    assert list(summary["methods"]) == ["hyperdpo", "mo_odpo", "odpo_soup", "pmorl"]
+    assert list(summary["methods"]) == ["hyperdpo", "mo_odpo", "odpo_soup", "pmorl", "ric"]
     jobs = {name: e["n_jobs"] for name, e in summary["methods"].items()}
-    assert jobs == {"hyperdpo": 1, "mo_odpo": 1, "odpo_soup": 2, "pmorl": 1}
-    for name in ("mo_odpo", "odpo_soup", "pmorl"):
+    assert jobs == {"hyperdpo": 1, "mo_odpo": 1, "odpo_soup": 2, "pmorl": 1, "ric": 1}
+    for name in ("mo_odpo", "odpo_soup", "pmorl", "ric"):
         assert len(summary["methods"][name]["points"]) == 5
         points = summary["generation"]["methods"][name]["points"]
         assert len(points) == 5 and all(len(p["rewards"]) == 2 for p in points)
@@ -203,3 +207,7 @@ def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm)
     assert again.output == first.output  # greedy and seeded: reproducible
     bad = runner.invoke(app, [*args, "--weights", "0.5,0.6", *overrides])
     assert bad.exit_code == 2 and "sum" in bad.output
+    ric = [*args[:2], str(cfg.artifacts() / "finetune" / "ric"), *args[3:], "--weights", "0,1", *overrides]
+    steered = runner.invoke(app, ric)
+    assert steered.exit_code == 0, steered.output
+    assert [json.loads(line)["prompt"] for line in steered.output.splitlines()] == ["How do I bake bread?", "Hi"]

@@ -33,6 +33,7 @@ from moft.online.prefix import (
     sample_weights,
     with_weights,
 )
+from moft.online.ric import RewardPrefix, RicFront, fit_ric, pareto_set, ric_targets
 from moft.online.rewards import RewardSet
 from moft.online.rollout import (
     OnlineTask,
@@ -177,6 +178,15 @@ def test_prefix_is_the_papers_instruction_for_text_and_a_system_message_for_chat
     assert chat == [{"role": "user", "content": "Hi"}]  # not modified
     system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert with_weights(system, NAMES, E2)[0]["content"].endswith("[End System Instruction]\nBe brief.")
+    dialogue = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Bye"}]
+    in_user = with_weights(dialogue, NAMES, E2, WeightPrefix(position="user"))
+    assert in_user[:2] == dialogue[:2] and len(in_user) == 3  # no system message: the default one stays
+    assert in_user[2] == {"role": "user", "content": "[Begin System Instruction]\nlength: 0.0, conciseness: 1.0\n"
+                                                     "[End System Instruction]\nBye"}
+    assert with_weights("Q", NAMES, E2, WeightPrefix(position="user")) == with_weights("Q", NAMES, E2)
+    with pytest.raises(ValueError, match="no user message"):
+        with_weights([{"role": "system", "content": "S"}], NAMES, E2, WeightPrefix(position="user"))
     custom = WeightPrefix(template="<w>{weights}</w> ", item="{weight}x{name}", separator="|", step=0.05)
     assert with_weights("Q", NAMES, [0.33, 0.67], custom) == "<w>0.35xlength|0.65xconciseness</w> Q"
     with pytest.raises(ValueError, match="one weight per objective"):
@@ -193,6 +203,7 @@ def test_prefix_is_the_papers_instruction_for_text_and_a_system_message_for_chat
         ({"template": "{weights\n"}, "not a valid format string"),
         ({"item": "{name}"}, r"\{name\} and \{weight\}"),
         ({"step": 0.0}, r"step must be in \(0, 1\]"),
+        ({"position": "assistant"}, "position 'assistant' must be one of"),
     ],
 )
 def test_bad_prefix_settings_fail_early_naming_the_problem(kwargs, message):
@@ -212,6 +223,11 @@ def test_long_prompts_lose_their_start_not_the_instruction(cfg, reference):
     assert out[-2:] == turns[-2:] and len(out) < len(turns)  # the oldest turns went first
     cut = conditioned_prompt(turns, NAMES, E1, prefix, tokenizer, 128, True)  # then the start of a turn
     assert len(cut) == 2 and turns[-1]["content"].endswith(cut[1]["content"]) and n_tokens(cut) <= 128
+    asked = turns[:-1]  # a dialogue that ends with the user's turn
+    in_user = conditioned_prompt(asked, NAMES, E1, WeightPrefix(position="user"), tokenizer, 128, True)
+    assert in_user[-1]["content"].startswith(HEAD) and n_tokens(in_user) <= 128  # the instruction stays
+    instruction = WeightPrefix().render(NAMES, E1)
+    assert asked[-1]["content"].endswith(in_user[-1]["content"][len(instruction):]) and len(in_user) == 1
     short = conditioned_prompt("Q?", NAMES, E1, prefix, tokenizer, 128, True)
     assert short == with_weights("Q?", NAMES, E1)
     with pytest.raises(ValueError, match="max_prompt_tokens=40"):
@@ -402,7 +418,7 @@ def test_the_front_conditions_every_prompt_on_the_quantised_weights(fronts):
     assert torch.equal(front.logprobs(groups, E1), by_hand.logprobs(conditioned))
     with front.policy.model.disable_adapter():
         anchor = by_hand.logprobs(conditioned)
-    assert torch.equal(front.anchor_logprobs(groups, E1), anchor)
+    assert torch.equal(front.reference_logprobs(groups, E1), anchor)
     assert not torch.equal(anchor, front.logprobs(groups, E1))
     assert front.generate(["Q1?"], E1) == by_hand.generate(front.inputs(["Q1?"], E1))
 
@@ -597,3 +613,74 @@ def test_reward_training_rejects_bad_pairs_and_leaves_outputs_intact_on_failure(
     assert (out / "keep.txt").read_text() == "previous" and list(out.iterdir()) == [out / "keep.txt"]
     with pytest.raises(FileNotFoundError, match="reward.json is missing"):
         TrainedReward.load(out)
+
+
+# ------------------------------------------------------------------------------------------
+# Rewards-in-Context
+
+
+def test_ric_maps_a_trade_off_to_rewards_by_hand():
+    lo, hi = np.array([-1.0, -2.0]), np.array([1.0, 2.0])
+    assert ric_targets([0.5, 0.5], lo, hi).tolist() == [1.0, 2.0]  # both at their fair share: both best
+    assert np.allclose(ric_targets([0.2, 0.8], lo, hi), [-1 + 2 * 0.2 * 2, 2.0])  # -0.2, 2
+    assert ric_targets([1.0, 0.0], lo, hi).tolist() == [1.0, -2.0]
+    three = ric_targets([0.2, 0.3, 0.5], np.zeros(3), np.ones(3))
+    assert np.allclose(three, [0.6, 0.9, 1.0])  # 1/N = 1/3: lo + 3 w (hi - lo) below it
+    with pytest.raises(ValueError, match="sums to"):
+        ric_targets([0.5, 0.6], lo, hi)
+    with pytest.raises(ValueError, match="reward range has 3"):
+        ric_targets([0.5, 0.5], np.zeros(3), np.ones(3))
+
+
+def test_the_ric_prefix_writes_reward_values_in_the_weight_template():
+    prefix = RewardPrefix.from_weight_prefix(WeightPrefix(position="user"), 1, [-1.0, -2.0], [1.0, 2.0])
+    text = prefix.render(NAMES, [0.04, -1.26])
+    assert text == "[Begin System Instruction]\nlength: 0, conciseness: -1.3\n[End System Instruction]\n"
+    assert with_weights("Q", NAMES, [0.04, -1.26], prefix) == text + "Q"
+    assert RewardPrefix.from_dict(prefix.to_dict()) == prefix
+    assert prefix.targets([1.0, 0.0]).tolist() == [1.0, -2.0]
+    with pytest.raises(ValueError, match="not finite"):
+        prefix.render(NAMES, [np.nan, 0.0])
+    with pytest.raises(ValueError, match="one lo <= hi per objective"):
+        RewardPrefix.from_weight_prefix(WeightPrefix(), 1, [1.0, 0.0], [0.0, 1.0])
+    with pytest.raises(ValueError, match="unknown RiC prefix settings"):
+        RewardPrefix.from_dict({**prefix.to_dict(), "step": 0.1})
+
+
+def test_pareto_set_keeps_the_samples_no_other_dominates():
+    rewards = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.4, 0.4], [1.0, 0.0]])
+    assert pareto_set(rewards).tolist() == [0, 1, 2, 4]  # (0.4, 0.4) is dominated; duplicates stay
+
+
+def test_ric_learns_to_write_the_rewards_it_is_asked_for(cfg, factory, rewards, tmp_path):
+    """SFT on short and long answers, each labelled with its own rewards: asked (at w = e_length)
+    for the most words, the policy prefers the long answer over the short one by more than when
+    asked (at w = e_conciseness) for the fewest. (The tiny model's 896 LoRA weights move its
+    log-probs, not yet its greedy answers, in 40 steps.)"""
+    from moft.config import RicSettings
+
+    prompts = [f"Q{i}?" for i in range(8) for _ in range(2)]
+    texts = ["a", "a b c a b c a b"] * 8
+    task = make_task(cfg, factory, rewards)
+    settings = RicSettings(sft_steps=40, batch_size=8, lr=3e-2, online_rounds=1, online_prompts=4, online_steps=2)
+    front = fit_ric(task, settings, SETTINGS.model_copy(update={"max_new_tokens": 10}), prompts, texts)
+    assert front.name == "ric" and isinstance(front, RicFront)
+    sft = [h["loss"] for h in front.history if h["stage"] == 0]
+    assert len(sft) == 40 and sft[-1] < sft[0]
+    online = front.history[-1]
+    assert online["stage"] == 1 and 1 <= online["kept"] <= online["sampled"] == 4 * SETTINGS.samples_per_prompt
+    answers = response_groups(["Q0?", "Q1?"], [["a", "a b c a b c a b"]] * 2, NAMES)
+    prefers_long = {i: front.logprobs(answers, w).diff(dim=1).squeeze(1) for i, w in enumerate((E1, E2))}
+    assert (prefers_long[0] > prefers_long[1] + 1.0).all()
+    untrained = fit_ric(task, settings.model_copy(update={"sft_steps": 1, "online_rounds": 0}), SETTINGS, prompts, texts)
+    before = untrained.logprobs(answers, E1).diff(dim=1) - untrained.logprobs(answers, E2).diff(dim=1)
+    assert (before.abs() < 0.5).all()  # the contrast is learnt, not the prefix's own effect
+    assert front.inputs(["Q"], E2)[0].startswith("[Begin System Instruction]\nlength: ")  # the mapped rewards
+    front.save(tmp_path / "ric")
+    loaded = RicFront.load(tmp_path / "ric", cfg, factory, method="ric")
+    assert loaded.prefix == front.prefix and isinstance(loaded.prefix, RewardPrefix)
+    groups = response_groups(TEST_PROMPTS[:3], [["ab c", "a"]] * 3, NAMES)
+    assert torch.equal(loaded.logprobs(groups, E2), front.logprobs(groups, E2))
+    assert loaded.generate(TEST_PROMPTS[:3], E1) == front.generate(TEST_PROMPTS[:3], E1)
+    with pytest.raises(ValueError, match="one training prompt per response"):
+        fit_ric(task, settings, SETTINGS, prompts[:3], texts)

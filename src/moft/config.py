@@ -312,9 +312,9 @@ class TemperatureHyperConfig(HyperDPOConfig):
 
 
 MethodName = Literal[
-    "hyperdpo", "hyperdpo_temp", "dpo_ls", "dpo_soup", "mo_dpo", "mopo", "mo_odpo", "odpo_soup", "pmorl"
+    "hyperdpo", "hyperdpo_temp", "dpo_ls", "dpo_soup", "mo_dpo", "mopo", "mo_odpo", "odpo_soup", "pmorl", "ric"
 ]
-ONLINE_METHODS = ("mo_odpo", "odpo_soup", "pmorl")  # LLM track: sample, score with reward models, train
+ONLINE_METHODS = ("mo_odpo", "odpo_soup", "pmorl", "ric")  # LLM track: sample, score with reward models, train
 
 
 class BaselinesConfig(Section):
@@ -615,6 +615,24 @@ class OnlineSettings(Section):
     seed: int = Field(0, description="Seed of the LoRA init, prompt order, weights and sampling.")
 
 
+class RicSettings(Section):
+    """Rewards-in-Context (Yang et al. 2024; a baseline of the MO-ODPO paper): supervised
+    fine-tuning on responses whose prompt states their own rewards, then online rounds of
+    generation at the rewards a trade-off maps to, multi-objective rejection sampling and SFT.
+    Sampling (samples per prompt, temperature, max_new_tokens, Dirichlet alpha) follows `llm.online`."""
+
+    sft_steps: int = Field(40, ge=1, description="Offline SFT steps on the training responses.")
+    batch_size: int = Field(4, ge=1, description="Responses per SFT step.")
+    lr: PositiveFloat = Field(5e-4, description="AdamW learning rate of the LoRA parameters.")
+    online_rounds: int = Field(
+        1, ge=0, description="Online rounds (generate at mapped rewards, keep the round's Pareto set, SFT on it)."
+    )
+    online_prompts: int = Field(16, ge=1, description="Training prompts sampled per online round.")
+    online_steps: int = Field(10, ge=1, description="SFT steps on the kept samples per online round.")
+    decimals: int = Field(1, ge=0, le=3, description="Decimals of the reward values written into the prompt.")
+    seed: int = Field(0, description="Seed of the LoRA init, batches, weights and sampling.")
+
+
 class PrefixSettings(Section):
     """How ``w`` is written into the prompt of the prompt-conditioned online methods."""
 
@@ -625,12 +643,18 @@ class PrefixSettings(Section):
     item: str = Field("{name}: {weight}", description="One objective's entry, with {name} and {weight}.")
     separator: str = Field(", ", description="Joins the objectives' entries.")
     step: PositiveFloat = Field(0.1, le=1, description="Weights are quantised to this step (paper: 0.1).")
+    position: Literal["system", "user"] = Field(
+        "system",
+        description="Where a chat prompt carries the instruction: `system` (the system message; a "
+        "template's default system prompt is replaced) or `user` (in front of the last user turn; the "
+        "default system prompt stays). Plain-text prompts always get it in front.",
+    )
 
     @model_validator(mode="after")
     def _formats(self) -> "PrefixSettings":
         from moft.online.prefix import WeightPrefix
 
-        WeightPrefix(self.template, self.item, self.separator, self.step)  # raises naming the problem
+        WeightPrefix(self.template, self.item, self.separator, self.step, self.position)  # raises naming the problem
         return self
 
 
@@ -697,11 +721,12 @@ class LLMConfig(Section):
     )
     online: OnlineSettings = Field(
         default_factory=OnlineSettings,
-        description="Online methods (mo_odpo, odpo_soup per single model, pmorl): one budget for all.",
+        description="Online methods (mo_odpo, odpo_soup per single model, pmorl; ric samples with these): one budget for all.",
     )
     prefix: PrefixSettings = Field(
         default_factory=PrefixSettings, description="The system instruction that carries w (online methods)."
     )
+    ric: RicSettings = Field(default_factory=RicSettings, description="Rewards-in-Context (method `ric`).")
     reward_model: RewardModelSettings = Field(
         default_factory=RewardModelSettings,
         description="Reward models trained in the pipeline (objectives with `eval_reward: trained`).",

@@ -81,6 +81,11 @@ class LMFitContext:
 
 
 class TrainedLMFront(Protocol):
+    """A trained method as a front over ``w``. A front whose policy reads a different prompt per
+    ``w`` (a text prefix) also has ``reference_logprobs(groups, w)``: the frozen model's
+    log-probs on that same prompt, which its CE and log-ratio are measured against instead of
+    ``groups.ref_logps``."""
+
     name: str
     accounting: Accounting
 

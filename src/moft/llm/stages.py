@@ -19,6 +19,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -516,8 +517,9 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
         per_point_ce, per_point_main, generations = [], [], []
         for w in grid:
             logps = trained.logprobs(test, w)
-            per_point_ce.append(preference_ce(logps, test, betas))
-            per_point_main.append(log_ratio(logps, test))
+            groups = _reference_groups(trained, test, w)
+            per_point_ce.append(preference_ce(logps, groups, betas))
+            per_point_main.append(log_ratio(logps, groups))
             if gen_prompts and evals:
                 generations.append(trained.generate([test.prompts[i] for i in gen_prompts], w))
         return trained, FrontMetrics(grid, np.stack(per_point_ce), np.stack(per_point_main)), generations
@@ -583,6 +585,15 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     tracker.log_metrics(dvc_metrics(summary))
     tracker.log_artifacts(layout.reports, "pareto")
     return layout.pareto_json
+
+
+def _reference_groups(trained, groups: PreferenceGroups, w: np.ndarray) -> PreferenceGroups:
+    """``groups`` with the reference log-probs ``trained``'s implicit reward is measured against:
+    the frozen reference policy on ``x`` (``groups.ref_logps``), or for a prompt-conditioned front
+    (one with ``reference_logprobs``: MO-ODPO, P-MORL) its anchor on the conditioned ``p(w) + x``,
+    so the prefix's own effect on the frozen model is not counted as the method's."""
+    reference = getattr(trained, "reference_logprobs", None)
+    return groups if reference is None else replace(groups, ref_logps=reference(groups, w))
 
 
 def _capped(groups: PreferenceGroups, n: int | None) -> PreferenceGroups:

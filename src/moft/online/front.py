@@ -30,7 +30,7 @@ from moft.training import resolve_device
 ADAPTER_FILE = "adapter.safetensors"
 META_FILE = "online.json"
 FORMAT_VERSION = 1
-ONLINE_METHODS = ("mo_odpo", "pmorl")
+ONLINE_METHODS = ("mo_odpo", "pmorl", "ric")
 
 
 @dataclass
@@ -45,6 +45,8 @@ class OnlineFront:
     reward_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # the training normaliser
     name: str = "mo_odpo"
 
+    prefix_type = WeightPrefix  # what the saved prefix is rebuilt as (a subclass may write rewards)
+
     def inputs(self, prompts: Sequence[Prompt], w: np.ndarray) -> list[Prompt]:
         """Every prompt conditioned on the one trade-off ``w``."""
         weights = np.repeat(check_simplex(w, "w")[None, :], len(prompts), axis=0)
@@ -55,10 +57,11 @@ class OnlineFront:
         """``log pi(y | p(w) + x)``, ``(G, k)``, without gradients."""
         return self.policy.logprobs(replace(groups, prompts=self.inputs(groups.prompts, w)), None, batch_size)
 
-    def anchor_logprobs(self, groups: PreferenceGroups, w: np.ndarray, batch_size: int = 8) -> torch.Tensor:
+    def reference_logprobs(self, groups: PreferenceGroups, w: np.ndarray, batch_size: int = 8) -> torch.Tensor:
         """``log pi_0(y | p(w) + x)``, ``(G, k)``: the anchor (adapter disabled) on the same
         conditioned prompts, the reference of the implicit reward MO-ODPO trained
-        (``groups.ref_logps`` score the unconditioned ``x``)."""
+        (``groups.ref_logps`` score the unconditioned ``x``). The evaluate stage measures this
+        front's preference cross-entropy and log-ratio against it."""
         with self.policy.model.disable_adapter():
             return self.policy.logprobs(replace(groups, prompts=self.inputs(groups.prompts, w)), None, batch_size)
 
@@ -120,7 +123,7 @@ class OnlineFront:
         return cls(
             policy,
             list(meta["objectives"]),
-            WeightPrefix.from_dict(meta["prefix"]),
+            cls.prefix_type.from_dict(meta["prefix"]),
             Accounting(**meta["accounting"]),
             meta.get("history", []),
             meta.get("reward_normaliser", {}),

@@ -3,7 +3,9 @@ pipeline's finetune and evaluate stages run them like the offline ones:
 
 - ``mo_odpo``: MO-ODPO (prompt-conditioned online DPO, one model);
 - ``odpo_soup``: one online-DPO model per objective, LoRA weights interpolated at ``w``;
-- ``pmorl``: prompt-conditioned REINFORCE with a leave-one-out control variate.
+- ``pmorl``: prompt-conditioned REINFORCE with a leave-one-out control variate;
+- ``ric``: Rewards-in-Context (SFT on responses whose prompt states their rewards, online
+  rejection-sampling rounds; steered by the rewards a trade-off maps to).
 
 Each objective is scored online by its reward model: ``reward`` when the objective is
 model-scored, else its ``eval_reward`` (a human-label objective such as HH-RLHF's harmlessness has
@@ -23,6 +25,7 @@ from moft.online.baselines import fit_odpo_soup, fit_pmorl, load_odpo_soup
 from moft.online.front import OnlineFront
 from moft.online.mo_odpo import fit_mo_odpo
 from moft.online.prefix import WeightPrefix
+from moft.online.ric import fit_ric, load_ric
 from moft.online.rewards import RewardSet
 from moft.online.rollout import OnlineTask
 
@@ -57,12 +60,12 @@ def online_task(ctx: LMFitContext) -> OnlineTask:
 @dataclass(frozen=True)
 class OnlineMethod:
     name: str
-    fit_with: Callable[[OnlineTask, object], TrainedLMFront]
+    fit_with: Callable[[OnlineTask, LMFitContext], TrainedLMFront]
     load_with: Callable[[Path, MoftConfig, PolicyFactory], TrainedLMFront]
     requires: tuple[str, ...] = ()
 
     def fit(self, ctx: LMFitContext) -> TrainedLMFront:
-        return self.fit_with(online_task(ctx), ctx.cfg.llm.online)
+        return self.fit_with(online_task(ctx), ctx)
 
     def load(self, path: Path, cfg: MoftConfig, policy_factory: PolicyFactory) -> TrainedLMFront:
         return self.load_with(path, cfg, policy_factory)
@@ -72,8 +75,14 @@ def _front_loader(method: str) -> Callable[[Path, MoftConfig, PolicyFactory], On
     return lambda path, cfg, factory: OnlineFront.load(path, cfg, factory, method=method)
 
 
+def _fit_ric(task: OnlineTask, ctx: LMFitContext) -> TrainedLMFront:
+    prompts, responses, _, _ = ctx.train.flat()
+    return fit_ric(task, ctx.cfg.llm.ric, ctx.cfg.llm.online, prompts, responses)
+
+
 ONLINE = (
-    OnlineMethod("mo_odpo", fit_mo_odpo, _front_loader("mo_odpo")),
-    OnlineMethod("odpo_soup", fit_odpo_soup, load_odpo_soup),
-    OnlineMethod("pmorl", fit_pmorl, _front_loader("pmorl")),
+    OnlineMethod("mo_odpo", lambda task, ctx: fit_mo_odpo(task, ctx.cfg.llm.online), _front_loader("mo_odpo")),
+    OnlineMethod("odpo_soup", lambda task, ctx: fit_odpo_soup(task, ctx.cfg.llm.online), load_odpo_soup),
+    OnlineMethod("pmorl", lambda task, ctx: fit_pmorl(task, ctx.cfg.llm.online), _front_loader("pmorl")),
+    OnlineMethod("ric", _fit_ric, load_ric),
 )

@@ -28,6 +28,7 @@ from moft.models.lm import Prompt, prompt_token_ids
 
 DEFAULT_TEMPLATE = "[Begin System Instruction]\n{weights}\n[End System Instruction]\n"
 DEFAULT_ITEM = "{name}: {weight}"
+POSITIONS = ("system", "user")  # where a chat prompt carries the instruction
 SIMPLEX_TOL = 1e-6  # how far off sum(w) = 1 a weight vector may be before it is refused
 
 
@@ -128,8 +129,11 @@ class WeightPrefix:
     item: str = DEFAULT_ITEM
     separator: str = ", "
     step: float = 0.1
+    position: str = "system"
 
     def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise ValueError(f"prefix position {self.position!r} must be one of {list(POSITIONS)}")
         fields = _fields(self.template, "prefix template")
         if fields != ["weights"]:
             raise ValueError(
@@ -175,14 +179,22 @@ def with_weights(
 ) -> Prompt:
     """``x'``: the prompt conditioned on ``w``.
 
-    A plain-text prompt gets the instruction in front (``p(w) + x``); a chat prompt gets it as its
-    system message (put before an existing system message's content, or as a new first message).
-    The input is not modified.
+    A plain-text prompt gets the instruction in front (``p(w) + x``). A chat prompt gets it, with
+    ``prefix.position == "system"``, as its system message (put before an existing system
+    message's content, or as a new first message: a chat template's default system prompt, such
+    as SmolLM2's, is then replaced); with ``"user"``, in front of its last user message (the
+    template's default system prompt stays). The input is not modified.
     """
     text = prefix.render(names, w)
     if isinstance(prompt, str):
         return text + prompt
     messages = [dict(m) for m in prompt]
+    if prefix.position == "user":
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+        if not users:
+            raise ValueError("prefix position 'user': the chat prompt has no user message to carry the weights")
+        messages[users[-1]]["content"] = text + messages[users[-1]]["content"]
+        return messages
     if messages and messages[0].get("role") == "system":
         messages[0]["content"] = text + messages[0]["content"]
         return messages
@@ -205,7 +217,8 @@ def conditioned_prompt(
     The policy keeps the last ``max_prompt_tokens`` of a prompt, so a long prompt would lose the
     instruction first and with it the conditioning; cutting the prompt instead keeps the
     instruction and the end of the dialogue. A chat prompt drops its oldest turns (a system
-    message is kept) and then the start of its oldest remaining turn.
+    message, and with ``position == "user"`` the last user turn and what follows it, are kept) and
+    then the start of its oldest remaining turn.
     """
 
     def fits(p: Prompt) -> bool:
@@ -220,7 +233,11 @@ def conditioned_prompt(
         messages = [dict(m) for m in prompt]
         head = messages[:1] if messages and messages[0].get("role") == "system" else []
         body = messages[len(head) :]
-        while len(body) > 1 and not fits(head + body):
+        users = [i for i, m in enumerate(body) if m.get("role") == "user"]
+        if prefix.position == "user" and not users:
+            raise ValueError("prefix position 'user': the chat prompt has no user message to carry the weights")
+        keep = len(body) - users[-1] if prefix.position == "user" else 1  # the instruction's turn stays
+        while len(body) > keep and not fits(head + body):
             body = body[1:]
         trimmed = head + body
         if body and not fits(trimmed):
