@@ -39,6 +39,7 @@ from moft.online.rollout import (
     OnlineTask,
     Rollout,
     new_online_policy,
+    relabelled,
     response_groups,
     rollout,
     sequence_scores,
@@ -281,6 +282,26 @@ def test_the_weighted_reward_orders_each_pair_and_ties_are_skipped():
     three = np.array([[0.1, 0.9, -0.4]])
     c, r, k = preference_pairs(three, 1e-6)
     assert (c[0], r[0], k[0]) == (1, 2, True)  # k > 2: the best against the worst
+
+
+def test_relabelling_reorders_the_same_samples_under_other_weights_on_their_own_prompts(cfg, factory, rewards, reference):
+    task = make_task(cfg, factory, rewards)
+    r = np.array([[[1.0, -1.0], [-1.0, 1.0]], [[0.5, 0.0], [0.0, 0.2]]])
+    batch = Rollout(["Q0?", "Q1?"], task.condition(["Q0?", "Q1?"], np.array([E1, E1]), reference.tokenizer),
+                    np.array([E1, E1]), [["a b", "a"], ["c", "a c"]], r)
+    extra = np.array([[E2, E2], [[0.5, 0.5], [0.5, 0.5]]])
+    out = relabelled(batch, task, extra, reference.tokenizer)
+    assert out.prompts == ["Q0?", "Q1?"] * 3 and out.responses == batch.responses * 3
+    assert out.inputs[:2] == batch.inputs and out.inputs[2] == with_weights("Q0?", NAMES, E2)
+    assert out.inputs[5] == with_weights("Q1?", NAMES, [0.5, 0.5])
+    assert np.array_equal(out.rewards, np.concatenate([r] * 3))
+    chosen, _, keep = preference_pairs(out.weighted, 1e-6)
+    assert chosen[[0, 2]].tolist() == [0, 1]  # the same pair, the opposite order under e_conciseness
+    assert keep.tolist() == [True, True, True, True, False, True]  # (0, 0) vs (0, 0) at (0.5, 0.5) ties
+    with pytest.raises(ValueError, match=r"extra weights must be \(r, 2, 2\)"):
+        relabelled(batch, task, extra[0], reference.tokenizer)
+    front = fit_mo_odpo(task, OnlineSettings(steps=2, prompts_per_step=4, max_new_tokens=6, relabel=2))
+    assert front.history[-1]["pairs"] + front.history[-1]["ties"] == 3 * 4  # every prompt under 3 weights
 
 
 def test_mo_odpo_loss_is_dpo_through_the_shared_loss_on_a_hand_computed_case():

@@ -612,6 +612,14 @@ class OnlineSettings(Section):
     tie_tolerance: float = Field(
         1e-6, ge=0, description="Pairs whose weighted rewards differ by at most this are ties and are skipped."
     )
+    relabel: int = Field(
+        0,
+        ge=0,
+        description="MO-ODPO only: extra weight vectors per prompt, drawn from the same Dir(alpha), under "
+        "which the step's two samples are re-ordered and trained again on their own conditioned prompt "
+        "(hindsight relabelling: the same pair, opposite preferences under different prefixes). 0 = the "
+        "paper's Algorithm 1.",
+    )
     seed: int = Field(0, description="Seed of the LoRA init, prompt order, weights and sampling.")
 
 

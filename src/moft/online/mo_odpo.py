@@ -8,7 +8,10 @@ the policy with its LoRA disabled) on the same ``x'`` (eq. 3):
 
     L = -log sigmoid( beta (log pi_theta(y+|x') - log pi_0(y+|x')) - beta (log pi_theta(y-|x') - log pi_0(y-|x')) )
 
-With ``k > 2`` samples the pair is the best and the worst by ``s``.
+With ``k > 2`` samples the pair is the best and the worst by ``s``. With ``llm.online.relabel``
+the same samples are also ordered and trained under further weights drawn from ``Dir(alpha)``, each
+on its own conditioned prompt (hindsight relabelling, an extension: the paper uses one ``w`` per
+sampled pair).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ def dirichlet_sampler(task: OnlineTask, settings: OnlineSettings) -> WeightSampl
 def fit_mo_odpo(task: OnlineTask, settings: OnlineSettings) -> OnlineFront:
     """Train one prompt-conditioned LoRA policy with MO-ODPO. One job."""
     policy = new_online_policy(task, settings.seed)
-    result = train_online(policy, task, settings, dirichlet_sampler(task, settings), True, mo_odpo_loss, "mo_odpo")
+    result = train_online(
+        policy, task, settings, dirichlet_sampler(task, settings), True, mo_odpo_loss, "mo_odpo", relabel=settings.relabel
+    )
     accounting = Accounting(result.seconds, 1, trainable_parameters(policy.model))
     return OnlineFront(policy, task.names, task.prefix, accounting, result.history, task.rewards.stats(), "mo_odpo")

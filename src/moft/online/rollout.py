@@ -160,6 +160,20 @@ def score_responses(
     return rewards.score(flat_prompts, flat).reshape(len(prompts), k, -1)
 
 
+def relabelled(batch: Rollout, task: OnlineTask, extra: np.ndarray, tokenizer: PreTrainedTokenizerBase) -> Rollout:
+    """``batch`` followed by its samples again under other weights: ``extra (r, n, m)`` holds
+    ``r`` weight vectors per prompt; copy ``j`` conditions prompt ``i`` on ``extra[j, i]`` and keeps
+    its samples and rewards (only ``s = w . r``, and so the pair's order, changes)."""
+    n = len(batch.prompts)
+    if extra.ndim != 3 or extra.shape[1:] != batch.weights.shape:
+        raise ValueError(f"extra weights must be (r, {n}, {batch.weights.shape[1]}), got {extra.shape}")
+    weights = np.concatenate([batch.weights, *extra])
+    prompts = batch.prompts * (1 + len(extra))
+    inputs = batch.inputs + [p for w in extra for p in task.condition(batch.prompts, w, tokenizer)]
+    return Rollout(prompts, inputs, weights, batch.responses * (1 + len(extra)),
+                   np.concatenate([batch.rewards] * (1 + len(extra))))
+
+
 def rollout(
     policy: LMPolicy,
     task: OnlineTask,
@@ -240,8 +254,13 @@ def train_online(
     loss_fn: OnlineLoss,
     desc: str,
     metric_prefix: str = "",
+    relabel: int = 0,
 ) -> OnlineResult:
     """``settings.steps`` online steps (module docstring) with AdamW on the policy's LoRA.
+
+    ``relabel > 0`` (MO-ODPO's ``llm.online.relabel``; conditioned methods with an off-policy-safe
+    loss only) trains each step's samples again under ``relabel`` more weight vectors per prompt
+    (:func:`relabelled`); the rollout metrics stay those of the sampled batch.
 
     Per step the metrics ``loss`` (absent without an update), ``weighted_reward`` (mean
     ``w . r``), ``reward_<objective>`` (mean normalised reward), ``kl`` (mean
@@ -263,8 +282,12 @@ def train_online(
         w = weights(rng, len(idx))
         seed = int(rng.integers(2**31 - 1))
         batch = rollout(policy, task, [task.prompts[i] for i in idx], w, conditioned, settings, seed)
-        logps, anchor = sequence_scores(policy, response_groups(batch.inputs, batch.responses, task.names))
-        loss, metrics = loss_fn(batch, logps, anchor, settings)
+        trained = batch
+        if relabel:
+            trained = relabelled(batch, task, np.stack([weights(rng, len(idx)) for _ in range(relabel)]), policy.tokenizer)
+        logps, anchor = sequence_scores(policy, response_groups(trained.inputs, trained.responses, task.names))
+        loss, metrics = loss_fn(trained, logps, anchor, settings)
+        logps, anchor = logps[: len(idx)], anchor[: len(idx)]
         if loss is not None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
