@@ -77,6 +77,16 @@ def method_table(summary: dict) -> dict:
     return {name: {k: e[k] for k in keys} for name, e in summary["methods"].items()}
 
 
+def profile_parser(doc: str, profile: str, out: Path) -> argparse.ArgumentParser:
+    """The options every profile benchmark takes: --profile, --set k=v (repeatable), --out, --threads."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--profile", default=profile)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    return parser
+
+
 def setup(threads: int, overrides: list[str]) -> tuple[list[str], float]:
     """Thread count for this process and every job; the overrides; the start time."""
     torch.set_num_threads(threads)

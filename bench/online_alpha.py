@@ -15,8 +15,6 @@ hypervolume and the training time.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ltr_methods import header, say, setup  # noqa: E402
+from ltr_methods import header, profile_parser, say, setup  # noqa: E402
 
 from moft.config import load_config  # noqa: E402
 from moft.io import atomic_write_json, read_json  # noqa: E402
@@ -34,12 +32,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "online_alpha.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = profile_parser(__doc__, "llm-online", DEFAULT_OUT)
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.3, 1.0, 3.0])
-    parser.add_argument("--profile", default="llm-online")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     overrides, start = setup(args.threads, args.overrides)
     result = {**header(), "profile": args.profile, "alphas": {}, "complete": False}

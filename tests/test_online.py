@@ -689,7 +689,8 @@ def test_ric_learns_to_write_the_rewards_it_is_asked_for(cfg, factory, rewards, 
     sft = [h["loss"] for h in front.history if h["stage"] == 0]
     assert len(sft) == 40 and sft[-1] < sft[0]
     online = front.history[-1]
-    assert online["stage"] == 1 and 1 <= online["kept"] <= online["sampled"] == 4 * SETTINGS.samples_per_prompt
+    assert online["stage"] == 1 and online["sampled"] == 4 * SETTINGS.samples_per_prompt
+    assert 0 <= online["kept"] <= online["sampled"] - online["empty"]
     answers = response_groups(["Q0?", "Q1?"], [["a", "a b c a b c a b"]] * 2, NAMES)
     prefers_long = {i: front.logprobs(answers, w).diff(dim=1).squeeze(1) for i, w in enumerate((E1, E2))}
     assert (prefers_long[0] > prefers_long[1] + 1.0).all()
@@ -705,3 +706,15 @@ def test_ric_learns_to_write_the_rewards_it_is_asked_for(cfg, factory, rewards, 
     assert loaded.generate(TEST_PROMPTS[:3], E1) == front.generate(TEST_PROMPTS[:3], E1)
     with pytest.raises(ValueError, match="one training prompt per response"):
         fit_ric(task, settings, SETTINGS, prompts[:3], texts)
+
+
+def test_reference_samples_for_the_normaliser_are_the_reference_policys_seeded_samples(cfg, factory):
+    from moft.online.methods import reference_samples
+
+    online = cfg.llm.online.model_copy(update={"samples_per_prompt": 3, "max_new_tokens": 6, "normalise": "samples"})
+    sampled = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"online": online})})
+    prompts = [f"Q{i}?" for i in range(10)]
+    got_prompts, got = reference_samples(sampled, factory, prompts)
+    assert got_prompts == [p for p in prompts for _ in range(3)] and len(got) == 30
+    assert reference_samples(sampled, factory, prompts) == (got_prompts, got)  # seeded
+    assert len(set(got)) > 1  # sampled, not greedy

@@ -612,6 +612,12 @@ class OnlineSettings(Section):
     tie_tolerance: float = Field(
         1e-6, ge=0, description="Pairs whose weighted rewards differ by at most this are ties and are skipped."
     )
+    normalise: Literal["data", "samples"] = Field(
+        "data",
+        description="Statistics that standardise each reward before w . r: `data` (the training split's "
+        "responses) or `samples` (the reference policy's own samples on the training prompts at this "
+        "temperature, so each reward's spread is the one the rollouts see).",
+    )
     relabel: int = Field(
         0,
         ge=0,

@@ -52,9 +52,32 @@ def online_task(ctx: LMFitContext) -> OnlineTask:
     from moft.llm.stages import reward_model
 
     models = [reward_model(cfg, o, r) for o, r in zip(cfg.objective_names, objective_rewards(cfg))]
+    if cfg.llm.online.normalise == "samples":
+        prompts, responses = reference_samples(cfg, ctx.policy_factory, list(ctx.train.prompts))
     rewards = RewardSet.fit(cfg.objective_names, models, prompts, responses)
     prefix = WeightPrefix(**cfg.llm.prefix.model_dump())
     return OnlineTask(cfg, list(ctx.train.prompts), ctx.policy_factory, rewards, prefix, ctx.log)
+
+
+def reference_samples(cfg: MoftConfig, policy_factory: PolicyFactory, prompts: list) -> tuple[list, list[str]]:
+    """``llm.online.samples_per_prompt`` samples of the reference policy per training prompt (the
+    rollouts' temperature and length, seeded), flattened as ``(prompts, responses)``."""
+    from moft.llm.train import LMPolicy
+    from moft.online.rollout import sample_responses
+    from moft.training import resolve_device
+
+    settings = cfg.llm.online
+    model, tokenizer = policy_factory()
+    policy = LMPolicy(model, tokenizer, cfg.llm, device=resolve_device(cfg.runtime.device))
+    policy.model.to(policy.device)
+    flat_prompts, flat = [], []
+    for start in range(0, len(prompts), 8):
+        batch = prompts[start : start + 8]
+        for prompt, samples in zip(batch, sample_responses(policy, batch, settings.samples_per_prompt, settings,
+                                                           settings.seed + start)):
+            flat_prompts += [prompt] * len(samples)
+            flat += samples
+    return flat_prompts, flat
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ is supervised only:
 2. **Online rounds** (RiC's online stage with multi-objective rejection sampling): for sampled
    training prompts, a trade-off ``w ~ Dir(alpha)`` is mapped to desired rewards ``f(w)``, the
    policy samples responses to ``q(f(w)) + x``, the samples are scored, the round keeps the
-   samples on the Pareto front of its own rewards (none of them dominated by another sample of
-   the round) and the policy is fine-tuned on the kept samples relabelled with the rewards they
-   actually reached.
+   non-empty samples on the Pareto front of its own rewards (none of them dominated by another
+   sample of the round; an empty answer, which a length reward would keep, is no answer) and
+   the policy is fine-tuned on the augmented set: the offline examples and every round's kept
+   samples, relabelled with the rewards they actually reached (fine-tuning on the round's few
+   kept samples alone over-fits them: with two kept samples SmolLM2 learnt to answer nothing).
 3. **Inference** at ``w``: the prompt states ``f(w)``, RiC's preference-to-reward mapping with
    ``N`` objectives and the training rewards' range ``[lo_j, hi_j]``::
 
@@ -203,13 +205,15 @@ def fit_ric(
         samples = sample_responses(policy, conditioned, online.samples_per_prompt, online, int(rng.integers(2**31 - 1)))
         got = score_responses(task.rewards, batch, samples)  # (n, k, m)
         flat = got.reshape(-1, got.shape[-1])
-        keep = pareto_set(flat)
         k = online.samples_per_prompt
+        answered = np.flatnonzero([bool(samples[i // k][i % k].strip()) for i in range(len(flat))])
+        keep = answered[pareto_set(flat[answered])] if len(answered) else answered  # an empty answer is none
         kept_prompts = [batch[i // k] for i in keep]
         kept = [samples[i // k][i % k] for i in keep]
         relabelled = conditioned_prompts(kept_prompts, flat[keep], task.names, prefix, tokenizer, task.cfg.llm)
-        losses = _sft(policy, opt, relabelled, kept, settings.online_steps, settings, rng, f"ric round {round_}")
-        metrics = {"kept": float(len(keep)), "sampled": float(len(flat)),
+        inputs, texts = inputs + relabelled, texts + kept  # the augmented set: offline data and every round's kept samples
+        losses = _sft(policy, opt, inputs, texts, settings.online_steps, settings, rng, f"ric round {round_}")
+        metrics = {"kept": float(len(keep)), "sampled": float(len(flat)), "empty": float(len(flat) - len(answered)),
                    **{f"reward_{n}": float(flat[:, j].mean()) for j, n in enumerate(task.names)},
                    "online_loss": float(np.mean(losses))}
         step += len(losses)
