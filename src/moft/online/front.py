@@ -47,11 +47,16 @@ class OnlineFront:
 
     prefix_type = WeightPrefix  # what the saved prefix is rebuilt as (a subclass may write rewards)
 
+    def values(self, w: np.ndarray) -> np.ndarray:
+        """What the instruction writes for the trade-off ``w``: the weights themselves (a subclass
+        may map them, e.g. RiC to the rewards it asks for)."""
+        return check_simplex(w, "w")
+
     def inputs(self, prompts: Sequence[Prompt], w: np.ndarray) -> list[Prompt]:
         """Every prompt conditioned on the one trade-off ``w``."""
-        weights = np.repeat(check_simplex(w, "w")[None, :], len(prompts), axis=0)
+        values = np.repeat(self.values(w)[None, :], len(prompts), axis=0)
         tokenizer = self.policy.tokenizer
-        return conditioned_prompts(prompts, weights, self.objectives, self.prefix, tokenizer, self.policy.llm)
+        return conditioned_prompts(prompts, values, self.objectives, self.prefix, tokenizer, self.policy.llm)
 
     def logprobs(self, groups: PreferenceGroups, w: np.ndarray, batch_size: int = 8) -> torch.Tensor:
         """``log pi(y | p(w) + x)``, ``(G, k)``, without gradients."""

@@ -24,7 +24,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from moft.methods.hyperdpo import sample_weights as dirichlet_weights
-from moft.models.lm import Prompt, prompt_token_ids
+from moft.models.lm import Message, Prompt, prompt_token_ids
 
 DEFAULT_TEMPLATE = "[Begin System Instruction]\n{weights}\n[End System Instruction]\n"
 DEFAULT_ITEM = "{name}: {weight}"
@@ -174,6 +174,14 @@ class WeightPrefix:
         return cls(**data)
 
 
+def last_user_turn(messages: Sequence[Message]) -> int:
+    """Index of the last user message: where ``position == "user"`` puts the instruction."""
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:
+        raise ValueError("prefix position 'user': the chat prompt has no user message to carry the weights")
+    return users[-1]
+
+
 def with_weights(
     prompt: Prompt, names: Sequence[str], w: Sequence[float] | np.ndarray, prefix: WeightPrefix = WeightPrefix()
 ) -> Prompt:
@@ -190,10 +198,8 @@ def with_weights(
         return text + prompt
     messages = [dict(m) for m in prompt]
     if prefix.position == "user":
-        users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
-        if not users:
-            raise ValueError("prefix position 'user': the chat prompt has no user message to carry the weights")
-        messages[users[-1]]["content"] = text + messages[users[-1]]["content"]
+        turn = last_user_turn(messages)
+        messages[turn]["content"] = text + messages[turn]["content"]
         return messages
     if messages and messages[0].get("role") == "system":
         messages[0]["content"] = text + messages[0]["content"]
@@ -233,10 +239,7 @@ def conditioned_prompt(
         messages = [dict(m) for m in prompt]
         head = messages[:1] if messages and messages[0].get("role") == "system" else []
         body = messages[len(head) :]
-        users = [i for i, m in enumerate(body) if m.get("role") == "user"]
-        if prefix.position == "user" and not users:
-            raise ValueError("prefix position 'user': the chat prompt has no user message to carry the weights")
-        keep = len(body) - users[-1] if prefix.position == "user" else 1  # the instruction's turn stays
+        keep = len(body) - last_user_turn(body) if prefix.position == "user" else 1  # the instruction's turn stays
         while len(body) > keep and not fits(head + body):
             body = body[1:]
         trimmed = head + body

@@ -121,10 +121,8 @@ class RicFront(OnlineFront):
 
     prefix_type = RewardPrefix
 
-    def inputs(self, prompts: Sequence[Prompt], w: np.ndarray) -> list[Prompt]:
-        targets = np.repeat(self.prefix.targets(w)[None, :], len(prompts), axis=0)
-        tokenizer = self.policy.tokenizer
-        return conditioned_prompts(prompts, targets, self.objectives, self.prefix, tokenizer, self.policy.llm)
+    def values(self, w: np.ndarray) -> np.ndarray:
+        return self.prefix.targets(w)
 
 
 def sft_loss(policy: LMPolicy, inputs: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
