@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
+
 from ltr_methods import header, profile_parser, say, setup  # noqa: E402
 
 from moft.config import load_config  # noqa: E402
@@ -29,6 +31,14 @@ from moft.io import atomic_write_json, read_json  # noqa: E402
 from moft.stages import evaluate, finetune, prepare, train_base, validate  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "online_alpha.json"
+
+
+def last_steps(history: list[dict], n: int = 10) -> dict[str, float]:
+    """Mean of each training metric over the last ``n`` steps (loss, accuracy, KL, rewards,
+    ``trade_offs``: the share of sample pairs whose order depends on ``w``)."""
+    rows = history[-n:]
+    keys = sorted({k for row in rows for k in row} - {"step"})
+    return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
 
 
 def main() -> None:
@@ -48,7 +58,7 @@ def main() -> None:
                     say(f"{stage.__name__}", start)
                     stage(cfg)
             say(f"alpha {alpha}: finetune mo_odpo", start)
-            finetune(cfg, "mo_odpo")
+            model_dir = finetune(cfg, "mo_odpo")
             say(f"alpha {alpha}: evaluate", start)
             summary = read_json(evaluate(cfg))
             method, gen = summary["methods"]["mo_odpo"], summary["generation"]["methods"]["mo_odpo"]
@@ -61,6 +71,7 @@ def main() -> None:
                 "mean_words": [p["mean_words"] for p in gen["points"]],
                 "ce_hypervolume": method["hypervolume"],
                 "train_seconds": method["train_seconds"],
+                "last_steps": last_steps(read_json(model_dir / "online.json")["history"]),
             }
             result["objectives"], result["grid"] = summary["objectives"], summary["grid"]
             result["elapsed_seconds"] = time.perf_counter() - start

@@ -383,8 +383,11 @@ def test_mo_odpo_moves_the_policy_towards_the_objective_its_weights_favour(front
     assert long_words > words(reference.generate(TEST_PROMPTS)) > short_words
     history = fronts["length"].history
     assert [row["step"] for row in history] == list(range(1, 31))
-    keys = {"loss", "weighted_reward", "reward_length", "reward_conciseness", "kl", "ties", "pairs", "accuracy"}
+    keys = {"loss", "weighted_reward", "reward_length", "reward_conciseness", "kl", "ties", "pairs", "accuracy",
+            "trade_offs"}
     assert keys <= set().union(*history)
+    # length and conciseness order every two samples of different lengths oppositely
+    assert all(0.0 <= r["trade_offs"] <= 1.0 for r in history) and np.mean([r["trade_offs"] for r in history]) > 0.5
     assert history[0]["accuracy"] == 0.0  # before the first update the policy is the anchor
     assert np.mean([r["accuracy"] for r in history[-10:]]) > 0.6
     acc = fronts["length"].accounting

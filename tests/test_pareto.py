@@ -180,3 +180,19 @@ def test_spread_is_zero_for_a_collapsed_front_and_the_mean_distance_to_the_centr
     assert spread(square) == pytest.approx(np.sqrt(2.0))
     with pytest.raises(ValueError, match="non-empty"):
         spread(np.zeros((0, 2)))
+
+
+def test_trade_off_share_counts_mutually_non_dominated_sample_pairs():
+    from moft.metrics.pareto import trade_off_share
+
+    # prompt 0: samples (1, 0), (0, 1), (2, 2): pairs 01 trade off, 02 and 12 are dominated -> 1 of 3
+    # prompt 1: (0, 0), (1, 1), (1, 1): no pair trades off (a tie on both is not a trade-off)
+    rewards = np.array([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]], [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]])
+    assert trade_off_share(rewards) == pytest.approx(1 / 6)
+    assert trade_off_share(rewards[:1]) == pytest.approx(1 / 3)
+    # perfectly anti-correlated objectives: every pair of distinct samples trades off
+    assert trade_off_share(np.array([[[0.0, 3.0], [1.0, 2.0], [2.0, 1.0]]])) == 1.0
+    # one sample per prompt has no pair
+    assert trade_off_share(np.zeros((4, 1, 2))) == 0.0
+    with pytest.raises(ValueError, match=r"\(n, k, m\)"):
+        trade_off_share(np.zeros((3, 2)))

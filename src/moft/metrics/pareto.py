@@ -284,3 +284,26 @@ def spread(points: np.ndarray) -> float:
     if points.ndim != 2 or not len(points):
         raise ValueError(f"points must be a non-empty (P, m) array, got shape {points.shape}")
     return float(np.linalg.norm(points - points.mean(0), axis=1).mean())
+
+
+def trade_off_share(rewards: np.ndarray) -> float:
+    """Share of the within-group sample pairs that trade objectives off: one sample strictly
+    better on some objective and strictly worse on another (mutually non-dominated).
+
+    Args:
+        rewards: (n, k, m) rewards of ``k`` samples for each of ``n`` prompts (higher is better).
+
+    Only such pairs change order with the trade-off ``w``; the rest are ordered alike by every
+    ``w``, so a prompt-conditioned method learns to read ``w`` from the first kind alone. 0.0 when
+    no pair trades off (``k < 2`` included).
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if rewards.ndim != 3:
+        raise ValueError(f"rewards must be an (n, k, m) array, got shape {rewards.shape}")
+    k = rewards.shape[1]
+    if k < 2:
+        return 0.0
+    i, j = np.triu_indices(k, 1)
+    diff = rewards[:, i] - rewards[:, j]  # (n, pairs, m)
+    trades = (diff > 0).any(-1) & (diff < 0).any(-1)
+    return float(trades.mean())

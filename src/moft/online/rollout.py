@@ -30,6 +30,7 @@ from moft.config import LLMConfig, MoftConfig, OnlineSettings
 from moft.llm.data import PreferenceGroups
 from moft.llm.methods import PolicyFactory
 from moft.llm.train import MAX_GRAD_NORM, LMPolicy, new_lora
+from moft.metrics.pareto import trade_off_share
 from moft.models.hpt import generate_with_prefix
 from moft.models.lm import Prompt
 from moft.online.prefix import WeightPrefix, conditioned_prompt
@@ -311,8 +312,11 @@ def train_online(
 def rollout_metrics(
     batch: Rollout, logps: torch.Tensor, anchor: torch.Tensor, names: Sequence[str]
 ) -> dict[str, float]:
-    """Mean weighted reward, mean normalised reward per objective and the KL estimate."""
+    """Mean weighted reward, mean normalised reward per objective, the share of sample pairs
+    that trade the objectives off (``trade_offs``: the only pairs whose order depends on ``w``)
+    and the KL estimate."""
     out = {"weighted_reward": float(batch.weighted.mean())}
     out.update({f"reward_{n}": float(batch.rewards[..., j].mean()) for j, n in enumerate(names)})
+    out["trade_offs"] = trade_off_share(batch.rewards)
     out["kl"] = float((logps.detach() - anchor).mean())
     return out
