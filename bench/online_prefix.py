@@ -30,7 +30,9 @@ from moft.llm.stages import _generation_prompts, load_groups, load_policy  # noq
 from moft.methods import Accounting  # noqa: E402
 from moft.online.front import OnlineFront  # noqa: E402
 from moft.online.methods import online_task  # noqa: E402
+from moft.online.prefix import WeightPrefix  # noqa: E402
 from moft.online.rollout import new_online_policy  # noqa: E402
+from moft.rewards.length import word_counts  # noqa: E402
 from moft.stages import evaluation_grid, prepare, validate  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "online_prefix.json"
@@ -65,28 +67,30 @@ def main() -> None:
         test = load_groups(cfg, "test", with_ref=False)
         prompts = [test.prompts[i] for i in _generation_prompts(cfg, test)]
         result["prompts"] = len(prompts)
+        # one reward set and one untrained policy (LoRA B = 0: exactly the reference policy) for all
+        # variants; a variant changes only the instruction
+        ctx = LMFitContext(cfg, load_groups(cfg, "train", with_ref=False), test, lambda: load_policy(cfg),
+                           evaluation_grid(cfg))
+        task = online_task(ctx)
+        policy = new_online_policy(task, 0)
+        result["objectives"] = task.names
         for name, variant in [("none", None), *VARIANTS.items()]:
-            cfg = load_config(args.profile, [*common, *(variant or [])], params_file=scratch / "none.yaml")
-            ctx = LMFitContext(cfg, load_groups(cfg, "train", with_ref=False), test, lambda: load_policy(cfg),
-                               evaluation_grid(cfg))
-            task = online_task(ctx)
-            policy = new_online_policy(task, 0)  # LoRA B = 0: exactly the reference policy
             say(f"{name}", start)
             rows = []
             if variant is None:
                 answers = [policy.generate(prompts)]
             else:
-                front = OnlineFront(policy, task.names, task.prefix, Accounting(0.0, 1, 0))
+                prefix = load_config(args.profile, [*common, *variant], params_file=scratch / "none.yaml").llm.prefix
+                front = OnlineFront(policy, task.names, WeightPrefix(**prefix.model_dump()), Accounting(0.0, 1, 0))
                 answers = [front.generate(prompts, np.array(w)) for w in WEIGHTS]
                 result.setdefault("instruction_example", {})[name] = front.inputs(prompts[:1], np.array([0.3, 0.7]))[0]
             for texts in answers:
                 rows.append({
                     "rewards": task.rewards.score(prompts, texts).mean(0).tolist(),
-                    "mean_words": float(np.mean([len(t.split()) for t in texts])),
+                    "mean_words": float(word_counts(texts).mean()),
                     "example": texts[0],
                 })
             result["variants"][name] = {"overrides": variant or [], "points": rows}
-            result["objectives"] = task.names
             result["elapsed_seconds"] = time.perf_counter() - start
             atomic_write_json(args.out, result)
     print(f"\n{args.profile}: greedy answers of the untrained policy ({' / '.join(result['objectives'])})")
