@@ -8,6 +8,8 @@ on the evaluate stage's held-out generation prompts, with no instruction and wit
 variant below at ``w = (1, 0), (0.5, 0.5), (0, 1)``, and scores the answers with the online reward
 set (training-response statistics). An instruction the model cannot read shows up as a reward
 change at every ``w`` (the prefix's own effect) and no change across ``w`` (no zero-shot steering).
+Per variant it also counts the prompts whose question loses its start to the instruction at
+``llm.max_prompt_tokens`` (``questions_cut``): such a cut, not the instruction, costs relevance.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from moft.llm.stages import _generation_prompts, load_groups, load_policy  # noq
 from moft.methods import Accounting  # noqa: E402
 from moft.online.front import OnlineFront  # noqa: E402
 from moft.online.methods import online_task  # noqa: E402
-from moft.online.prefix import WeightPrefix  # noqa: E402
+from moft.online.prefix import WeightPrefix, prompt_budget  # noqa: E402
 from moft.online.rollout import new_online_policy  # noqa: E402
 from moft.rewards.length import word_counts  # noqa: E402
 from moft.stages import evaluation_grid, prepare, validate  # noqa: E402
@@ -90,14 +92,21 @@ def main() -> None:
                     "mean_words": float(word_counts(texts).mean()),
                     "example": texts[0],
                 })
-            result["variants"][name] = {"overrides": variant or [], "points": rows}
+            entry = {"overrides": variant or [], "points": rows}
+            if variant is not None:  # how many of the prompts lose the start of their question to it
+                budget = prompt_budget(prompts, task.names, front.prefix, policy.tokenizer, cfg.llm.max_prompt_tokens,
+                                       cfg.llm.chat_template)
+                entry["questions_cut"] = budget.cut
+                entry["max_prompt_tokens_needed"] = budget.needed
+            result["variants"][name] = entry
             result["elapsed_seconds"] = time.perf_counter() - start
             atomic_write_json(args.out, result)
     print(f"\n{args.profile}: greedy answers of the untrained policy ({' / '.join(result['objectives'])})")
     for name, entry in result["variants"].items():
         cells = "  ".join("(" + ", ".join(f"{x:+.2f}" for x in p["rewards"]) + f"; {p['mean_words']:.1f} words)"
                           for p in entry["points"])
-        print(f"  {name}: {cells}")
+        cut = f" [{entry['questions_cut']} of {result['prompts']} questions cut]" if "questions_cut" in entry else ""
+        print(f"  {name}: {cells}{cut}")
 
 
 if __name__ == "__main__":

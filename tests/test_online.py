@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import string
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from moft.config import ConfigError, MoftConfig, OnlineSettings, load_config
+from moft.data.preferences import cap_records, dialogue_to_messages, read_preferences
 from moft.llm.data import PreferenceGroups
 from moft.llm.train import LMPolicy
 from moft.models.lm import load_causal_lm, prompt_token_ids, tiny_causal_lm
@@ -27,8 +29,10 @@ from moft.online.front import ADAPTER_FILE, META_FILE, OnlineFront, parse_weight
 from moft.online.mo_odpo import fit_mo_odpo, mo_odpo_loss, preference_pairs
 from moft.online.prefix import (
     DEFAULT_TEMPLATE,
+    PromptCutWarning,
     WeightPrefix,
     conditioned_prompt,
+    prompt_budget,
     quantise_weights,
     sample_weights,
     with_weights,
@@ -43,9 +47,11 @@ from moft.online.rollout import (
     response_groups,
     rollout,
     sequence_scores,
+    warn_cut_prompts,
 )
 from moft.rewards import RewardNormaliser, get_reward
 from moft.rewards.trained import TrainedReward, pairs_from_groups, train_reward_model
+from moft.stages import resolve_data_path
 
 NAMES = ["length", "conciseness"]
 E1, E2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
@@ -233,6 +239,45 @@ def test_long_prompts_lose_their_start_not_the_instruction(cfg, reference):
     assert short == with_weights("Q?", NAMES, E1)
     with pytest.raises(ValueError, match="max_prompt_tokens=40"):
         conditioned_prompt("Q?", NAMES, E1, prefix, tokenizer, 40, True)
+
+
+def test_prompt_budget_counts_the_questions_the_instruction_cuts(cfg, reference):
+    tokenizer = reference.tokenizer
+    user = WeightPrefix(position="user")
+    n_tokens = lambda p: len(prompt_token_ids(tokenizer, p, True))  # noqa: E731
+    dialogue = [{"role": "user", "content": "old turn " * 20}, {"role": "assistant", "content": "answer " * 20},
+                {"role": "user", "content": "What is the question here?"}]
+    short = [{"role": "user", "content": "Q?"}]
+    prompts = [dialogue, short, "a plain prompt"]
+    whole = [n_tokens(with_weights(p, NAMES, [0.5, 0.5], user)) for p in ([dialogue[-1]], short, "a plain prompt")]
+    budget = prompt_budget(prompts, NAMES, user, tokenizer, max(whole), True)
+    assert (budget.prompts, budget.cut, budget.needed) == (3, 0, max(whole))  # old turns may go, questions stay
+    out = conditioned_prompt(dialogue, NAMES, E1, user, tokenizer, max(whole), True)
+    assert out == with_weights([dialogue[-1]], NAMES, E1, user)
+    tight = prompt_budget(prompts, NAMES, user, tokenizer, max(whole) - 1, True)
+    assert tight.cut == sum(n > max(whole) - 1 for n in whole) >= 1 and tight.needed == max(whole)
+    cut = conditioned_prompt(dialogue, NAMES, E1, user, tokenizer, whole[0] - 1, True)
+    assert len(cut) == 1 and cut[0]["content"] != with_weights([dialogue[-1]], NAMES, E1, user)[0]["content"]
+    llm = cfg.llm.model_copy(update={"max_prompt_tokens": whole[0] - 1})
+    with pytest.warns(PromptCutWarning, match=rf"1 of 1 prompts .* llm.max_prompt_tokens={whole[0]} keeps"):
+        warn_cut_prompts([dialogue], NAMES, user, tokenizer, llm, "prompts")
+
+
+def test_llm_online_profile_keeps_every_question_whole():
+    """The profile's instruction fits its prompt budget with every question whole (at llm-hh's 64
+    tokens 9 of its 72 training questions lost their start, 55 with the instruction in the user's
+    turn, while the reward models scored them whole)."""
+    profile = load_config("llm-online")
+    frame = cap_records(read_preferences(resolve_data_path(profile.data.paths[0]), profile.data.layout).frame,
+                        profile.data.max_records)
+    prompts = [dialogue_to_messages(p) for p in frame.groupby("prompt_id", sort=False).head(1)["prompt"]]
+    _, tokenizer = load_causal_lm(profile.llm.model, cache_dir=Path(profile.llm.model_cache))
+    prefix = WeightPrefix(**profile.llm.prefix.model_dump())
+    llm = profile.llm
+    budget = prompt_budget(prompts, profile.objective_names, prefix, tokenizer, llm.max_prompt_tokens, llm.chat_template)
+    assert budget.prompts == profile.data.max_records and budget.cut == 0, budget.message("profile prompts")
+    tight = prompt_budget(prompts, profile.objective_names, prefix, tokenizer, 64, llm.chat_template)
+    assert tight.cut > 0 and tight.needed == budget.needed <= llm.max_prompt_tokens
 
 
 # ------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from moft.llm.train import LMPolicy, new_lora
 from moft.methods import Accounting
 from moft.models.lm import Prompt, lora_state
 from moft.online.prefix import WeightPrefix, check_simplex
-from moft.online.rollout import conditioned_prompts
+from moft.online.rollout import conditioned_prompts, warn_cut_prompts
 from moft.training import resolve_device
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -71,7 +71,9 @@ class OnlineFront:
             return self.policy.logprobs(replace(groups, prompts=self.inputs(groups.prompts, w)), None, batch_size)
 
     def generate(self, prompts: list[Prompt], w: np.ndarray) -> list[str]:
-        """One response per prompt to ``p(w) + x`` (``llm.generation`` settings)."""
+        """One response per prompt to ``p(w) + x`` (``llm.generation`` settings); a
+        :class:`~moft.online.prefix.PromptCutWarning` when the instruction cuts a question."""
+        warn_cut_prompts(prompts, self.objectives, self.prefix, self.policy.tokenizer, self.policy.llm, "prompts")
         return self.policy.generate(self.inputs(prompts, w))
 
     def save(self, out_dir: Path) -> None:

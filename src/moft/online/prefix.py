@@ -236,10 +236,7 @@ def conditioned_prompt(
     if isinstance(prompt, str):
         trimmed: Prompt | None = _trim_left(prompt, fits)
     else:
-        messages = [dict(m) for m in prompt]
-        head = messages[:1] if messages and messages[0].get("role") == "system" else []
-        body = messages[len(head) :]
-        keep = len(body) - last_user_turn(body) if prefix.position == "user" else 1  # the instruction's turn stays
+        head, body, keep = _kept_turns(prompt, prefix)
         while len(body) > keep and not fits(head + body):
             body = body[1:]
         trimmed = head + body
@@ -254,6 +251,63 @@ def conditioned_prompt(
             f"{max_prompt_tokens}; raise max_prompt_tokens or shorten the prefix template"
         )
     return with_weights(trimmed, names, w, prefix)
+
+
+def _kept_turns(prompt: Sequence[Message], prefix: WeightPrefix) -> tuple[list[Message], list[Message], int]:
+    """A chat prompt as ``(head, body, keep)``: the system message (kept whole), the other turns,
+    and how many of the last turns :func:`conditioned_prompt` never drops (with ``position ==
+    "user"`` the last user turn and what follows it, else the last turn)."""
+    messages = [dict(m) for m in prompt]
+    head = messages[:1] if messages and messages[0].get("role") == "system" else []
+    body = messages[len(head) :]
+    keep = len(body) - last_user_turn(body) if prefix.position == "user" else 1  # the instruction's turn stays
+    return head, body, keep
+
+
+@dataclass(frozen=True)
+class PromptBudget:
+    """How the weight instruction fits ``llm.max_prompt_tokens`` over a set of prompts."""
+
+    prompts: int
+    cut: int  # prompts whose kept turns (the question the policy answers) lose their start
+    needed: int  # the max_prompt_tokens that keeps every prompt's kept turns whole
+    max_prompt_tokens: int
+
+    def message(self, what: str) -> str:
+        return (
+            f"{self.cut} of {self.prompts} {what} lose the start of their last turn to the weight instruction at "
+            f"llm.max_prompt_tokens={self.max_prompt_tokens}: the policy would answer questions it cannot read "
+            f"whole while the reward models score the whole question; llm.max_prompt_tokens={self.needed} keeps "
+            "them all whole (or shorten llm.prefix.template)"
+        )
+
+
+class PromptCutWarning(UserWarning):
+    """The weight instruction leaves too little room for the question (see :class:`PromptBudget`)."""
+
+
+def prompt_budget(
+    prompts: Sequence[Prompt],
+    names: Sequence[str],
+    prefix: WeightPrefix,
+    tokenizer: PreTrainedTokenizerBase,
+    max_prompt_tokens: int,
+    chat_template: bool,
+) -> PromptBudget:
+    """Per prompt, the tokens of ``x'`` with only what :func:`conditioned_prompt` never drops (a
+    chat prompt's system message and last turn(s); a plain-text prompt whole), at equal weights;
+    counted against ``max_prompt_tokens``."""
+    w = np.full(len(names), 1.0 / len(names))
+    needed = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            kept: Prompt = prompt
+        else:
+            head, body, keep = _kept_turns(prompt, prefix)
+            kept = head + body[len(body) - keep :]
+        needed.append(len(prompt_token_ids(tokenizer, with_weights(kept, names, w, prefix), chat_template)))
+    cut = sum(n > max_prompt_tokens for n in needed)
+    return PromptBudget(len(needed), int(cut), max(needed, default=0), max_prompt_tokens)
 
 
 def _trim_left(text: str, fits: Callable[[str], bool]) -> str | None:

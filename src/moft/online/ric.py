@@ -185,6 +185,7 @@ def fit_ric(
     low, high = rewards.min(0), rewards.max(0)
     prefix = RewardPrefix.from_weight_prefix(task.prefix, settings.decimals, low, high)
     tokenizer = policy.tokenizer
+    task.check_prompts(tokenizer, prefix)
     inputs = conditioned_prompts(prompts, rewards, task.names, prefix, tokenizer, task.cfg.llm)
     opt = torch.optim.AdamW(policy.trainable(), lr=settings.lr)
     history: list[dict[str, float]] = []

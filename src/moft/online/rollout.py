@@ -19,6 +19,7 @@ tokenisation (``encode_pairs``) and one scorer (``sequence_logprobs``).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 import numpy as np
@@ -33,7 +34,7 @@ from moft.llm.train import MAX_GRAD_NORM, LMPolicy, new_lora
 from moft.metrics.pareto import trade_off_share
 from moft.models.hpt import generate_with_prefix
 from moft.models.lm import Prompt
-from moft.online.prefix import WeightPrefix, conditioned_prompt
+from moft.online.prefix import PromptBudget, PromptCutWarning, WeightPrefix, conditioned_prompt, prompt_budget
 from moft.online.rewards import RewardSet
 from moft.training import MetricLogger, no_log, resolve_device
 
@@ -74,6 +75,12 @@ class OnlineTask:
         if isinstance(settings.alpha, list) and len(settings.alpha) != len(self.names):
             raise ValueError(f"online alpha has {len(settings.alpha)} values for {len(self.names)} objectives")
 
+    def check_prompts(self, tokenizer: PreTrainedTokenizerBase, prefix: WeightPrefix | None = None) -> PromptBudget:
+        """How the instruction (``prefix``, default the task's) fits the training prompts into
+        ``llm.max_prompt_tokens``; a :class:`PromptCutWarning` when it cuts a question."""
+        return warn_cut_prompts(self.prompts, self.names, prefix or self.prefix, tokenizer, self.cfg.llm,
+                                "training prompts")
+
     def condition(
         self, prompts: Sequence[Prompt], weights: np.ndarray, tokenizer: PreTrainedTokenizerBase
     ) -> list[Prompt]:
@@ -94,6 +101,21 @@ def conditioned_prompts(
         conditioned_prompt(p, names, w, prefix, tokenizer, llm.max_prompt_tokens, llm.chat_template)
         for p, w in zip(prompts, weights, strict=True)
     ]
+
+
+def warn_cut_prompts(
+    prompts: Sequence[Prompt],
+    names: Sequence[str],
+    prefix: WeightPrefix,
+    tokenizer: PreTrainedTokenizerBase,
+    llm: LLMConfig,
+    what: str,
+) -> PromptBudget:
+    """:func:`moft.online.prefix.prompt_budget` of ``prompts``, warned about when a question is cut."""
+    budget = prompt_budget(prompts, names, prefix, tokenizer, llm.max_prompt_tokens, llm.chat_template)
+    if budget.cut:
+        warnings.warn(PromptCutWarning(budget.message(what)), stacklevel=3)
+    return budget
 
 
 def new_online_policy(task: OnlineTask, seed: int) -> LMPolicy:
@@ -269,6 +291,8 @@ def train_online(
     go to ``task.log`` with ``metric_prefix`` and into the returned history.
     """
     task.check(settings)
+    if conditioned:
+        task.check_prompts(policy.tokenizer)
     rng = np.random.default_rng(settings.seed)
     params = policy.trainable()
     if not params:
