@@ -702,7 +702,13 @@ class LLMConfig(Section):
     chat_template: bool = Field(
         True, description="Render prompts (HH dialogues as chat messages) with the tokenizer's chat template."
     )
-    max_prompt_tokens: int = Field(96, ge=8, description="Prompt tokens kept (truncated from the left).")
+    max_prompt_tokens: int = Field(
+        96,
+        ge=8,
+        description="Prompt tokens kept (truncated from the left). The online methods' weight instruction counts "
+        "against it: leave room for the instruction and the last user turn (a PromptCutWarning names the value "
+        "that does).",
+    )
     max_response_tokens: int = Field(48, ge=4, description="Response tokens kept (truncated on the right).")
     eval_pairs: int | None = Field(
         None, ge=2, description="Cap on held-out pairs for the cross-entropy front (CPU-sized runs)."
