@@ -33,7 +33,7 @@ from moft.config import load_config  # noqa: E402
 from moft.io import atomic_write_json  # noqa: E402
 from moft.llm.methods import LMFitContext  # noqa: E402
 from moft.llm.stages import load_groups, load_policy  # noqa: E402
-from moft.metrics.pareto import _spearman, trade_off_share  # noqa: E402
+from moft.metrics.pareto import spearman, trade_off_share  # noqa: E402
 from moft.online.methods import online_task  # noqa: E402
 from moft.online.rollout import new_online_policy, sample_responses  # noqa: E402
 from moft.rewards import get_reward  # noqa: E402
@@ -47,7 +47,7 @@ REWARDS = ["relevance", "conciseness", "length", "toxicity", "sentiment"]
 
 def within(x: np.ndarray, y: np.ndarray) -> float:
     """Mean over prompts of the Spearman correlation of two ``(n, k)`` score arrays."""
-    return float(np.mean([_spearman(a, b) for a, b in zip(x, y)]))
+    return float(np.mean([spearman(a, b) for a, b in zip(x, y)]))
 
 
 def main() -> None:

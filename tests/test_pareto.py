@@ -13,6 +13,7 @@ from moft.metrics.pareto import (
     non_dominated,
     paired_probability,
     resample_means,
+    spearman,
     steerability,
     weight_grid,
 )
@@ -196,3 +197,17 @@ def test_trade_off_share_counts_mutually_non_dominated_sample_pairs():
     assert trade_off_share(np.zeros((4, 1, 2))) == 0.0
     with pytest.raises(ValueError, match=r"\(n, k, m\)"):
         trade_off_share(np.zeros((3, 2)))
+
+
+def test_spearman_matches_scipy_and_skips_non_finite_pairs():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=40), rng.normal(size=40)
+    y[:10] = x[:10]  # some agreement, and ties below
+    x[20:25] = 1.0
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    x[0], y[1] = np.nan, np.inf
+    assert spearman(x, y) == pytest.approx(spearmanr(x[2:], y[2:]).statistic, abs=1e-12)
+    assert spearman(np.ones(5), np.arange(5.0)) == 0.0  # constant: no correlation, not nan
+    assert spearman(np.array([1.0, np.nan]), np.array([2.0, 3.0])) == 0.0  # fewer than two finite pairs

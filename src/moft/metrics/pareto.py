@@ -189,7 +189,7 @@ def paired_probability(samples_a: np.ndarray, samples_b: np.ndarray) -> float:
     return float(np.mean(samples_a > samples_b) + 0.5 * np.mean(samples_a == samples_b))
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman correlation of two (n,) vectors over their finite pairs; 0.0 if one is constant."""
     finite = np.isfinite(x) & np.isfinite(y)
     if finite.sum() < 2:
@@ -221,7 +221,7 @@ def steerability(weights: np.ndarray, metrics: np.ndarray, direction: Direction)
             f"weights and metrics must be (points, objectives) arrays of one shape, got "
             f"{weights.shape} and {metrics.shape}"
         )
-    return [_spearman(weights[:, j], sign * metrics[:, j]) for j in range(weights.shape[1])]
+    return [spearman(weights[:, j], sign * metrics[:, j]) for j in range(weights.shape[1])]
 
 
 def weight_grid(m: int, n_points: int = 11, seed: int = 0) -> np.ndarray:
