@@ -32,7 +32,7 @@ from moft.llm.stages import _generation_prompts, load_groups, load_policy  # noq
 from moft.methods import Accounting  # noqa: E402
 from moft.online.front import OnlineFront  # noqa: E402
 from moft.online.methods import online_task  # noqa: E402
-from moft.online.prefix import WeightPrefix, prompt_budget  # noqa: E402
+from moft.online.prefix import prompt_budget  # noqa: E402
 from moft.online.rollout import new_online_policy  # noqa: E402
 from moft.rewards.length import word_counts  # noqa: E402
 from moft.stages import evaluation_grid, prepare, validate  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
                 answers = [policy.generate(prompts)]
             else:
                 prefix = load_config(args.profile, [*common, *variant], params_file=scratch / "none.yaml").llm.prefix
-                front = OnlineFront(policy, task.names, WeightPrefix(**prefix.model_dump()), Accounting(0.0, 1, 0))
+                front = OnlineFront(policy, task.names, prefix.build(), Accounting(0.0, 1, 0))
                 answers = [front.generate(prompts, np.array(w)) for w in WEIGHTS]
                 result.setdefault("instruction_example", {})[name] = front.inputs(prompts[:1], np.array([0.3, 0.7]))[0]
             for texts in answers:

@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from moft.config import ConfigError, MoftConfig, OnlineSettings, load_config
-from moft.data.preferences import cap_records, dialogue_to_messages, read_preferences
 from moft.llm.data import PreferenceGroups
+from moft.llm.stages import load_groups, prepare
 from moft.llm.train import LMPolicy
 from moft.models.lm import load_causal_lm, prompt_token_ids, tiny_causal_lm
 from moft.online.baselines import fit_odpo_soup, fit_pmorl, load_odpo_soup, pmorl_loss, reinforce_loss
@@ -51,7 +51,6 @@ from moft.online.rollout import (
 )
 from moft.rewards import RewardNormaliser, get_reward
 from moft.rewards.trained import TrainedReward, pairs_from_groups, train_reward_model
-from moft.stages import resolve_data_path
 
 NAMES = ["length", "conciseness"]
 E1, E2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
@@ -263,17 +262,16 @@ def test_prompt_budget_counts_the_questions_the_instruction_cuts(cfg, reference)
         warn_cut_prompts([dialogue], NAMES, user, tokenizer, llm, "prompts")
 
 
-def test_llm_online_profile_keeps_every_question_whole():
+def test_llm_online_profile_keeps_every_question_whole(tmp_path):
     """The profile's instruction fits its prompt budget with every question whole (at llm-hh's 64
     tokens 9 of its 72 training questions lost their start, 55 with the instruction in the user's
     turn, while the reward models scored them whole)."""
-    profile = load_config("llm-online")
-    frame = cap_records(read_preferences(resolve_data_path(profile.data.paths[0]), profile.data.layout).frame,
-                        profile.data.max_records)
-    prompts = [dialogue_to_messages(p) for p in frame.groupby("prompt_id", sort=False).head(1)["prompt"]]
+    profile = load_config("llm-online", [f"artifacts_dir={tmp_path / 'artifacts'}", f"reports_dir={tmp_path / 'reports'}",
+                                         "tracking.enabled=false"], params_file=tmp_path / "none.yaml")
+    prepare(profile)
+    prompts = [p for split in ("train", "val", "test") for p in load_groups(profile, split, with_ref=False).prompts]
     _, tokenizer = load_causal_lm(profile.llm.model, cache_dir=Path(profile.llm.model_cache))
-    prefix = WeightPrefix(**profile.llm.prefix.model_dump())
-    llm = profile.llm
+    prefix, llm = profile.llm.prefix.build(), profile.llm
     budget = prompt_budget(prompts, profile.objective_names, prefix, tokenizer, llm.max_prompt_tokens, llm.chat_template)
     assert budget.prompts == profile.data.max_records and budget.cut == 0, budget.message("profile prompts")
     tight = prompt_budget(prompts, profile.objective_names, prefix, tokenizer, 64, llm.chat_template)

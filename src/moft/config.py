@@ -666,10 +666,14 @@ class PrefixSettings(Section):
 
     @model_validator(mode="after")
     def _formats(self) -> "PrefixSettings":
+        self.build()  # raises naming the problem
+        return self
+
+    def build(self):
+        """The :class:`moft.online.prefix.WeightPrefix` these settings describe."""
         from moft.online.prefix import WeightPrefix
 
-        WeightPrefix(self.template, self.item, self.separator, self.step, self.position)  # raises naming the problem
-        return self
+        return WeightPrefix.from_dict(self.model_dump())
 
 
 class RewardModelSettings(Section):

@@ -24,7 +24,6 @@ from moft.llm.methods import LMFitContext, PolicyFactory, TrainedLMFront
 from moft.online.baselines import fit_odpo_soup, fit_pmorl, load_odpo_soup
 from moft.online.front import OnlineFront
 from moft.online.mo_odpo import fit_mo_odpo
-from moft.online.prefix import WeightPrefix
 from moft.online.ric import fit_ric, load_ric
 from moft.online.rewards import RewardSet
 from moft.online.rollout import OnlineTask
@@ -55,7 +54,7 @@ def online_task(ctx: LMFitContext) -> OnlineTask:
     if cfg.llm.online.normalise == "samples":
         prompts, responses = reference_samples(cfg, ctx.policy_factory, list(ctx.train.prompts))
     rewards = RewardSet.fit(cfg.objective_names, models, prompts, responses)
-    prefix = WeightPrefix(**cfg.llm.prefix.model_dump())
+    prefix = cfg.llm.prefix.build()
     return OnlineTask(cfg, list(ctx.train.prompts), ctx.policy_factory, rewards, prefix, ctx.log)
 
 
