@@ -22,12 +22,14 @@ from moft.models.hpt import (
 )
 from moft.models.lm import (
     add_lora,
+    encode_groups,
     encode_pairs,
     interpolate_lora,
     load_causal_lm,
     load_lora_state,
     lora_state,
     sequence_logprobs,
+    shared_prefix_logprobs,
     tiny_causal_lm,
     trainable_parameters,
 )
@@ -149,6 +151,46 @@ def test_sequence_logprobs_equals_a_loop_over_tokens():
             expected.append(total)
     torch.testing.assert_close(got, torch.tensor(expected), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(mean, got / batch["response_mask"].sum(1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_prompt", [64, 5, 1])
+def test_shared_prefix_logprobs_equal_the_flat_path_values_and_gradients(max_prompt):
+    """Each prompt run once for all its responses (the cache gathered to the rows) gives the flat
+    path's log-probs and LoRA gradients: prompts of different lengths, a prompt cut to its last
+    ``max_prompt`` tokens (1: an empty prefix), a group of three responses, a response cut by the
+    response budget, groups in any order."""
+    model, tokenizer = tiny()
+    model = add_lora(model)
+    randomise_lora(model, 3)
+    prompts = [*PROMPTS, "A much longer prompt about the weather in several European cities today"]
+    responses = ["4", "four", "Cats are wonderful.", "Sunny.", "Rain in the north, sun in the south, and more", "x"]
+    rows = [0, 0, 1, 2, 2, 2]
+    model.train(True)
+    flat = encode_pairs(tokenizer, [prompts[g] for g in rows], responses, max_prompt, 8, chat_template=True)
+    expected = sequence_logprobs(model, **flat)
+    (expected * torch.arange(1.0, 7.0)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    shared = encode_groups(tokenizer, prompts, responses, rows, max_prompt, 8, chat_template=True)
+    assert shared["prefix_ids"].shape[0] == 3 and shared["tail_ids"].shape[0] == 6
+    assert int(shared["response_mask"].sum()) == int(flat["response_mask"].sum())
+    got = shared_prefix_logprobs(model, **shared)
+    (got * torch.arange(1.0, 7.0)).sum().backward()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            scale = float(grads[n].abs().max())  # float rounding differs in the order of the sums
+            torch.testing.assert_close(p.grad, grads[n], atol=1e-4 * scale, rtol=1e-4)
+    averaged = shared_prefix_logprobs(model, **shared, average=True)
+    torch.testing.assert_close(averaged, got / shared["response_mask"].sum(1), atol=1e-5, rtol=1e-5)
+
+
+def test_encode_groups_refuses_rows_without_a_prompt():
+    _, tokenizer = tiny()
+    with pytest.raises(ValueError, match="row indices"):
+        encode_groups(tokenizer, PROMPTS, ["a", "b"], [0, 2], 16, 8, chat_template=True)
+    with pytest.raises(ValueError, match="2 responses but 1 row"):
+        encode_groups(tokenizer, PROMPTS, ["a", "b"], [0], 16, 8, chat_template=True)
 
 
 def test_sequence_logprobs_rejects_a_response_without_context():
@@ -390,3 +432,26 @@ def test_sampled_generation_is_deterministic_from_seed_and_works_without_prefix(
     assert len(plain) == 1 and isinstance(plain[0], str)
     with pytest.raises(ValueError, match="needs the trade-off w"):
         generate_with_prefix(model, hpt, tokenizer, ["hi"])
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_several_samples_per_prompt_run_each_prompt_once_and_equal_repeating_it(do_sample):
+    """``num_samples`` without a prefix prefills each prompt once and repeats its cache: the same
+    tokens (greedy, and sampled from the same seed) as the prompt repeated ``num_samples`` times
+    under left padding, samples consecutive per prompt; with an HPT prefix the prompt is repeated."""
+    model, tokenizer = tiny()
+    policy = add_lora(model)
+    randomise_lora(policy, seed=2)
+    prompts = ["hi", "a much longer prompt than the first one", [{"role": "user", "content": "tell me a story"}]]
+    kwargs = dict(max_new_tokens=10, do_sample=do_sample, temperature=1.0, seed=11)
+    repeated = generate_with_prefix(policy, None, tokenizer, [p for p in prompts for _ in range(3)], **kwargs)
+    shared = generate_with_prefix(policy, None, tokenizer, prompts, num_samples=3, **kwargs)
+    assert shared == repeated
+    if do_sample:
+        assert len(set(shared[:3])) > 1  # a prompt's samples differ
+    hpt = HyperPromptTuning.for_model(policy, M)
+    w = torch.tensor([0.5, 0.5])
+    assert generate_with_prefix(policy, hpt, tokenizer, prompts, w, num_samples=2, **kwargs) == generate_with_prefix(
+        policy, hpt, tokenizer, [p for p in prompts for _ in range(2)], w, **kwargs)
+    with pytest.raises(ValueError, match="num_samples"):
+        generate_with_prefix(policy, None, tokenizer, prompts, num_samples=0)

@@ -29,10 +29,11 @@ from moft.models.lm import (
     Prompt,
     add_lora,
     check_state_layout,
+    encode_groups,
     encode_pairs,
     load_lora_state,
     lora_state,
-    sequence_logprobs,
+    shared_prefix_logprobs,
 )
 from moft.training import MetricLogger, no_log
 
@@ -126,22 +127,18 @@ class LMPolicy:
         policy without HPT has its trade-off in its weights and takes no ``w``.
         """
         prompts, responses, rows, slots = groups.flat(idx)
-        batch = encode_pairs(
-            self.tokenizer,
-            prompts,
-            responses,
-            self.llm.max_prompt_tokens,
-            self.llm.max_response_tokens,
-            self.llm.chat_template,
-        )
-        batch = {k: v.to(self.device) for k, v in batch.items()}
         if not self.conditioned and w is not None:
             raise ValueError("this policy has no HPT prefix: its trade-off is fixed, pass w=None")
         if self.conditioned and w is None:
             raise ValueError("an HPT policy needs the trade-off w")
-        if self.hpt is None:
-            values = sequence_logprobs(self.model, **batch)
+        budgets = (self.llm.max_prompt_tokens, self.llm.max_response_tokens, self.llm.chat_template)
+        if self.hpt is None:  # each prompt run once for all its responses
+            own = [groups.prompts[g] for g in np.asarray(idx)]
+            shared = encode_groups(self.tokenizer, own, responses, rows.tolist(), *budgets)
+            values = shared_prefix_logprobs(self.model, **{k: v.to(self.device) for k, v in shared.items()})
         else:
+            batch = encode_pairs(self.tokenizer, prompts, responses, *budgets)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             per_row = None
             if w is not None:
                 w = torch.as_tensor(w, dtype=torch.float32, device=self.device)

@@ -238,9 +238,11 @@ def generate_with_prefix(
     beta_bar: torch.Tensor | None = None,
     chat_template: bool = True,
     max_prompt_tokens: int | None = None,
+    num_samples: int = 1,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Generate one response per prompt, with the HPT prefix for ``w`` (none when ``hpt`` is None).
+    """Generate ``num_samples`` responses per prompt (consecutive in the returned list), with the
+    HPT prefix for ``w`` (none when ``hpt`` is None).
 
     Prompts are left-padded as ``[pad][prefix][prompt]`` so every row continues from its last
     token; generation derives positions from the attention mask, so the prefix sits at positions
@@ -248,12 +250,29 @@ def generate_with_prefix(
     deterministic from ``seed`` and leaves the global RNG untouched. ``generate_kwargs`` go to
     ``model.generate`` (e.g. ``min_new_tokens``, ``top_p``). Returns decoded strings without
     special tokens.
+
+    Without an HPT prefix and with ``num_samples > 1`` each prompt is run once (all but its last
+    token, into a key/value cache repeated for its samples) and generation continues from that
+    cache: the same tokens as repeating the prompt ``num_samples`` times (same seed, same draws),
+    at one prompt's cost instead of ``num_samples``.
     """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if not prompts:
         return []
     rows = [prompt_token_ids(tokenizer, p, chat_template) for p in prompts]
     if max_prompt_tokens is not None:
         rows = [ids[-max_prompt_tokens:] for ids in rows]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sampling: dict[str, Any] = {"do_sample": False}
+    if do_sample:
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    settings = {"max_new_tokens": max_new_tokens, "pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id,
+                "use_cache": True, **sampling, **generate_kwargs}
+    if hpt is None and num_samples > 1:
+        return _generate_shared_prompts(model, tokenizer, rows, num_samples, seed, settings)
+    if num_samples > 1:
+        rows = [ids for ids in rows for _ in range(num_samples)]
     embedding = model.get_input_embeddings()
     device = embedding.weight.device
     virtual = None
@@ -270,23 +289,49 @@ def generate_with_prefix(
         if virtual is not None:
             embeds[i, start - k : start] = virtual[i]
         attention_mask[i, start - k :] = 1
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    sampling: dict[str, Any] = {"do_sample": False}
-    if do_sample:
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **settings)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def _generate_shared_prompts(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[list[int]],
+    num_samples: int,
+    seed: int,
+    settings: dict[str, Any],
+) -> list[str]:
+    """``num_samples`` continuations of every prompt ``rows[i]`` (token ids), the prompts run once:
+    the left-padded prompts but their last token fill a key/value cache, repeated per sample, and
+    ``generate`` continues the repeated prompts from it (it runs only the uncached last token)."""
+    device = model.get_input_embeddings().weight.device
+    length = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), length), settings["pad_token_id"], dtype=torch.long, device=device)
+    attention_mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    for i, ids in enumerate(rows):
+        input_ids[i, length - len(ids) :] = torch.tensor(ids, dtype=torch.long, device=device)
+        attention_mask[i, length - len(ids) :] = 1
+    cache = None
+    if length > 1:
+        cache = model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=(attention_mask[:, :-1].cumsum(dim=1) - 1).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        ).past_key_values
+        cache.batch_repeat_interleave(num_samples)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-            use_cache=True,
-            **sampling,
-            **generate_kwargs,
+            input_ids=input_ids.repeat_interleave(num_samples, dim=0),
+            attention_mask=attention_mask.repeat_interleave(num_samples, dim=0),
+            past_key_values=cache,
+            **settings,
         )
-    return tokenizer.batch_decode(out, skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)
 
 
 def save_hyper_lm(

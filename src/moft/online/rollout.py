@@ -155,20 +155,20 @@ def sample_responses(
     """``k`` samples per input from the current policy, ``(n, k)``, in one batched generation
     seeded by ``seed`` (the global RNG is left untouched)."""
     llm = policy.llm
-    flat = [p for p in inputs for _ in range(k)]
     with policy.lock:
         policy.train(False)
         texts = generate_with_prefix(
             policy.model,
             None,
             policy.tokenizer,
-            flat,
+            list(inputs),
             max_new_tokens=settings.max_new_tokens,
             do_sample=True,
             temperature=settings.temperature,
             seed=seed,
             chat_template=llm.chat_template,
             max_prompt_tokens=llm.max_prompt_tokens,
+            num_samples=k,
         )
     return [texts[i * k : (i + 1) * k] for i in range(len(inputs))]
 
