@@ -16,7 +16,8 @@ configured LoRA, in the same process, this times both paths on the batches the p
 - ``llm-hh``: the training split's preference pairs, ``llm.baselines.batch_pairs`` per batch,
   forward + backward;
 - the rollout's sampling (``llm-online``): each prompt repeated ``samples_per_prompt`` times vs
-  each prompt prefilled once (:func:`moft.models.hpt.generate_with_prefix` ``num_samples``).
+  each prompt prefilled once (:func:`moft.models.hpt.generate_with_prefix` ``num_samples``), with
+  the number of identical samples.
 
 It reports seconds per batch, the ratio shared / flat (below 1 = faster), the positions each path
 runs, and the largest difference of the log-probs and of the LoRA gradients between the paths.

@@ -185,6 +185,35 @@ def test_shared_prefix_logprobs_equal_the_flat_path_values_and_gradients(max_pro
     torch.testing.assert_close(averaged, got / shared["response_mask"].sum(1), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("per_group", [False, True])
+def test_shared_prefix_with_virtual_tokens_equals_the_flat_path(per_group):
+    """HPT: a group's virtual tokens and prompt run once for its responses; log-probs and the
+    gradients of LoRA and of the HPT prefix equal :func:`forward_logprobs` on the flat rows, for one
+    ``w`` for the batch and for one ``w`` per group."""
+    from moft.models.hpt import shared_forward_logprobs
+
+    model, tokenizer = tiny()
+    model = add_lora(model)
+    randomise_lora(model, 4)
+    hpt = HyperPromptTuning.for_model(model, M, init_std=0.3)
+    prompts = [*PROMPTS, "A third prompt"]
+    responses = ["4", "four", "Cats are wonderful.", "Yes.", "No, it is not"]
+    rows = [0, 0, 1, 2, 2]
+    w = torch.tensor([[0.2, 0.8], [1.0, 0.0], [0.5, 0.5]]) if per_group else torch.tensor([0.3, 0.7])
+    weights = torch.arange(1.0, 6.0)
+    params = [p for p in [*model.parameters(), *hpt.parameters()] if p.requires_grad]
+    flat = encode_pairs(tokenizer, [prompts[g] for g in rows], responses, 64, 8, chat_template=True)
+    row_w = w[torch.tensor(rows)] if per_group else w
+    expected = forward_logprobs(model, hpt, flat["input_ids"], flat["attention_mask"], flat["response_mask"], row_w)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), params)
+    shared = encode_groups(tokenizer, prompts, responses, rows, 64, 8, chat_template=True)
+    got = shared_forward_logprobs(model, hpt, **shared, w=w)
+    got_grads = torch.autograd.grad((got * weights).sum(), params)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-5)
+    for a, b in zip(got_grads, expected_grads):
+        torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=1e-4)
+
+
 def test_encode_groups_refuses_rows_without_a_prompt():
     _, tokenizer = tiny()
     with pytest.raises(ValueError, match="row indices"):
@@ -455,3 +484,19 @@ def test_several_samples_per_prompt_run_each_prompt_once_and_equal_repeating_it(
         policy, hpt, tokenizer, [p for p in prompts for _ in range(2)], w, **kwargs)
     with pytest.raises(ValueError, match="num_samples"):
         generate_with_prefix(policy, None, tokenizer, prompts, num_samples=0)
+
+
+def test_concurrent_samplers_keep_their_own_draws():
+    """Sampling in several threads at once (finetune jobs of one process) gives each call the
+    samples its seed gives alone: no call draws from another's generator."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tokenizer = tiny()
+    prompts = ["tell me a story", "hi there", "what is the weather like"]
+    kwargs = dict(max_new_tokens=16, do_sample=True, temperature=1.0, num_samples=2)
+    alone = {seed: generate_with_prefix(model, None, tokenizer, prompts, seed=seed, **kwargs) for seed in range(6)}
+    with ThreadPoolExecutor(6) as pool:
+        together = dict(zip(range(6), pool.map(
+            lambda s: generate_with_prefix(model, None, tokenizer, prompts, seed=s, **kwargs), range(6))))
+    assert together == alone
+    assert len({tuple(v) for v in alone.values()}) == 6

@@ -24,13 +24,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from moft.config import LLMConfig, LLMTrainSettings, LoraSettings, MoftConfig
 from moft.llm.data import PreferenceGroups
 from moft.losses import multi_objective_losses, scalarised_loss
-from moft.models.hpt import HyperPromptTuning, forward_logprobs, generate_with_prefix
+from moft.models.hpt import HyperPromptTuning, generate_with_prefix, shared_forward_logprobs
 from moft.models.lm import (
     Prompt,
     add_lora,
     check_state_layout,
     encode_groups,
-    encode_pairs,
     load_lora_state,
     lora_state,
     shared_prefix_logprobs,
@@ -126,25 +125,22 @@ class LMPolicy:
         ``w`` conditions the HPT prefix: one vector ``(m,)`` or one per group ``(B, m)``; a
         policy without HPT has its trade-off in its weights and takes no ``w``.
         """
-        prompts, responses, rows, slots = groups.flat(idx)
+        _, responses, rows, slots = groups.flat(idx)
         if not self.conditioned and w is not None:
             raise ValueError("this policy has no HPT prefix: its trade-off is fixed, pass w=None")
         if self.conditioned and w is None:
             raise ValueError("an HPT policy needs the trade-off w")
-        budgets = (self.llm.max_prompt_tokens, self.llm.max_response_tokens, self.llm.chat_template)
-        if self.hpt is None:  # each prompt run once for all its responses
-            own = [groups.prompts[g] for g in np.asarray(idx)]
-            shared = encode_groups(self.tokenizer, own, responses, rows.tolist(), *budgets)
-            values = shared_prefix_logprobs(self.model, **{k: v.to(self.device) for k, v in shared.items()})
+        # each group's prompt (and prefix) runs once for all its responses
+        own = [groups.prompts[g] for g in np.asarray(idx)]
+        batch = encode_groups(self.tokenizer, own, responses, rows.tolist(), self.llm.max_prompt_tokens,
+                              self.llm.max_response_tokens, self.llm.chat_template)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if self.hpt is None:
+            values = shared_prefix_logprobs(self.model, **batch)
         else:
-            batch = encode_pairs(self.tokenizer, prompts, responses, *budgets)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            per_row = None
-            if w is not None:
+            if w is not None:  # one vector, or one per group
                 w = torch.as_tensor(w, dtype=torch.float32, device=self.device)
-                per_row = w[torch.as_tensor(rows, device=self.device)] if w.dim() == 2 else w  # (N, m) or (m,)
-            tokens = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
-            values = forward_logprobs(self.model, self.hpt, *tokens, per_row)
+            values = shared_forward_logprobs(self.model, self.hpt, **batch, w=w)
         return groups.unflat(values, rows, slots, len(idx))
 
     def logprobs(

@@ -9,8 +9,10 @@ or LoRA-wrapped) is unchanged: the prefix goes in through ``inputs_embeds``.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,14 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from moft.io import atomic_dir, atomic_write_json
-from moft.models.lm import Prompt, check_state_layout, prompt_token_ids, quiet_peft, sequence_logprobs
+from moft.models.lm import (
+    Prompt,
+    check_state_layout,
+    prompt_token_ids,
+    quiet_peft,
+    sequence_logprobs,
+    shared_prefix_logprobs,
+)
 
 ADAPTER_DIR = "adapter"
 HPT_WEIGHTS = "hpt.safetensors"
@@ -223,6 +232,42 @@ def forward_logprobs(
     )
 
 
+def shared_forward_logprobs(
+    model: nn.Module,
+    hpt: HyperPromptTuning,
+    prefix_ids: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    tail_ids: torch.Tensor,
+    tail_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    rows: torch.Tensor,
+    w: torch.Tensor | None,
+    beta_bar: torch.Tensor | None = None,
+    *,
+    average: bool = False,
+) -> torch.Tensor:
+    """:func:`forward_logprobs` of a batch from :func:`moft.models.lm.encode_groups`, ``(N,)``:
+    each group's virtual tokens (``w`` one vector ``(m,)``, or ``(G, m)``: one per group, which
+    all its responses share) and prompt run once, its responses on their key/value cache
+    (:func:`moft.models.lm.shared_prefix_logprobs`)."""
+    embeds = model.get_input_embeddings()(prefix_ids)  # (G, P, d)
+    virtual = hpt(w, beta_bar).to(device=embeds.device, dtype=embeds.dtype)
+    if virtual.shape[0] not in (1, embeds.shape[0]):
+        raise ValueError(f"{virtual.shape[0]} prefixes for {embeds.shape[0]} groups: give one, or one per group")
+    virtual = virtual.expand(embeds.shape[0], -1, -1)
+    return shared_prefix_logprobs(
+        model,
+        prefix_ids,
+        torch.cat([prefix_mask.new_ones(virtual.shape[:2]), prefix_mask], dim=1),
+        tail_ids,
+        tail_mask,
+        response_mask,
+        rows,
+        prefix_embeds=torch.cat([virtual, embeds], dim=1),
+        average=average,
+    )
+
+
 @torch.no_grad()
 def generate_with_prefix(
     model: nn.Module,
@@ -250,6 +295,11 @@ def generate_with_prefix(
     deterministic from ``seed`` and leaves the global RNG untouched. ``generate_kwargs`` go to
     ``model.generate`` (e.g. ``min_new_tokens``, ``top_p``). Returns decoded strings without
     special tokens.
+
+    ``transformers`` samples from torch's global generator, which every thread of the process
+    shares: sampling calls hold one process-wide lock, so that concurrent samplers (finetune jobs
+    running side by side in one process) cannot reseed or consume each other's draws and each
+    call's samples depend on its ``seed`` only.
 
     Without an HPT prefix and with ``num_samples > 1`` each prompt is run once (all but its last
     token, into a key/value cache repeated for its samples) and generation continues from that
@@ -289,8 +339,7 @@ def generate_with_prefix(
         if virtual is not None:
             embeds[i, start - k : start] = virtual[i]
         attention_mask[i, start - k :] = 1
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with _sampling(seed, device, settings["do_sample"]):
         out = model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **settings)
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
@@ -323,8 +372,7 @@ def _generate_shared_prompts(
             logits_to_keep=1,
         ).past_key_values
         cache.batch_repeat_interleave(num_samples)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with _sampling(seed, device, settings["do_sample"]):
         out = model.generate(
             input_ids=input_ids.repeat_interleave(num_samples, dim=0),
             attention_mask=attention_mask.repeat_interleave(num_samples, dim=0),
@@ -332,6 +380,19 @@ def _generate_shared_prompts(
             **settings,
         )
     return tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)
+
+
+_SAMPLING_LOCK = threading.Lock()  # torch's global generator is one per process (generate_with_prefix)
+
+
+@contextlib.contextmanager
+def _sampling(seed: int, device: torch.device, do_sample: bool) -> Iterator[None]:
+    """Seed torch's global generator for one ``generate`` call and restore it afterwards; while
+    sampling, hold :data:`_SAMPLING_LOCK` (greedy decoding draws nothing and runs unlocked)."""
+    with _SAMPLING_LOCK if do_sample else contextlib.nullcontext():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
 
 
 def save_hyper_lm(

@@ -481,10 +481,15 @@ def shared_prefix_logprobs(
     response_mask: torch.Tensor,
     rows: torch.Tensor,
     *,
+    prefix_embeds: torch.Tensor | None = None,
     average: bool = False,
 ) -> torch.Tensor:
     """:func:`sequence_logprobs` of a batch from :func:`encode_groups`, ``(N,)``, with each prompt
     run once however many responses it has.
+
+    ``prefix_embeds (G, P, d)``, when given, is what the prefix runs on instead of
+    ``prefix_ids`` (e.g. a group's virtual tokens followed by its prompt's embeddings, with
+    ``prefix_mask`` to match).
 
     The prompts' prefixes go through the model once (``G`` rows) with a key/value cache, the cache
     is gathered to the ``N`` response rows (``rows``), and the tails run on it; gradients flow
@@ -500,7 +505,12 @@ def shared_prefix_logprobs(
             f"tail_ids {tuple(tail_ids.shape)}, tail_mask {tuple(tail_mask.shape)} and response_mask "
             f"{tuple(response_mask.shape)} must have the same (rows, length) shape"
         )
-    if prefix_mask.shape != prefix_ids.shape:
+    if prefix_embeds is not None:
+        if prefix_embeds.shape[:2] != prefix_mask.shape:
+            raise ValueError(
+                f"prefix_embeds {tuple(prefix_embeds.shape)} does not match prefix_mask {tuple(prefix_mask.shape)}"
+            )
+    elif prefix_mask.shape != prefix_ids.shape:
         raise ValueError(f"prefix_ids {tuple(prefix_ids.shape)} and prefix_mask {tuple(prefix_mask.shape)} differ")
     if rows.shape != (n,):
         raise ValueError(f"rows must be ({n},), got {tuple(rows.shape)}")
@@ -508,9 +518,10 @@ def shared_prefix_logprobs(
     position_ids = offset[:, None] + (tail_mask.long().cumsum(dim=1) - 1).clamp(min=0)
     cache = None
     attention_mask = tail_mask
-    if prefix_ids.shape[1]:
+    if prefix_mask.shape[1]:
+        inputs = {"inputs_embeds": prefix_embeds} if prefix_embeds is not None else {"input_ids": prefix_ids}
         cache = model(
-            input_ids=prefix_ids,
+            **inputs,
             attention_mask=prefix_mask,
             position_ids=(prefix_mask.long().cumsum(dim=1) - 1).clamp(min=0),
             use_cache=True,

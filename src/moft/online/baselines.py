@@ -2,7 +2,8 @@
 
 - **ODPO soups**: one online-DPO LoRA model per objective (``w = e_j``: the pair is ordered by
   objective ``j``'s reward alone, prompts carry no prefix), then ``theta_w = sum_j w_j theta_j``
-  over the LoRA weights at inference (:class:`moft.llm.methods.Soup`). ``m`` jobs.
+  over the LoRA weights at inference (:class:`moft.llm.methods.Soup`). One job training its ``m``
+  models side by side.
 - **P-MORL** (prompt-conditioned RLFT, Jang et al. 2023, with the paper's weight prefix):
   REINFORCE with a control variate on the KL-regularised weighted reward (paper 4.3: REINFORCE
   with control variate, Williams 1992 / Ahmadian et al. 2024; KL coefficient 0.01 as for DPO).
@@ -19,6 +20,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,29 +70,41 @@ def fit_pmorl(task: OnlineTask, settings: OnlineSettings) -> OnlineFront:
 
 
 def fit_odpo_soup(task: OnlineTask, settings: OnlineSettings) -> Soup:
-    """One online-DPO model per objective, each from the same initial adapter and seed, on one
-    shared policy; the soup interpolates their LoRA weights at ``w``."""
-    policy = new_online_policy(task, settings.seed)
-    init = policy.adapter_state()
+    """One online-DPO model per objective, each on its own policy from the same initial adapter
+    and seed, trained concurrently (one thread each, the job's torch threads split between
+    them); the soup interpolates their LoRA weights at ``w``. One job of ``m`` models: training
+    them side by side keeps the job from being the pipeline's critical path when the other jobs
+    are done and cores would stand idle."""
     m = len(task.names)
     units = np.eye(m)
-    states, history, seconds = [], [], 0.0
-    for j in range(m):
-        policy.load_adapter(init)
+
+    def single(j: int):
+        policy = new_online_policy(task, settings.seed)
+        vertex = units[j]
         result = train_online(
             policy,
             task,
             settings,
-            lambda rng, n, e=units[j]: np.tile(e, (n, 1)),
+            lambda rng, n: np.tile(vertex, (n, 1)),
             False,
             mo_odpo_loss,
             f"{ODPO_SOUP} {j + 1}/{m}",
             metric_prefix=f"job{j}_",
         )
-        seconds += result.seconds
-        states.append(policy.adapter_state())
-        history.append({"job": j, "w": units[j].tolist(), "seconds": result.seconds, "history": result.history})
-    accounting = Accounting(seconds, m, m * trainable_parameters(policy.model))
+        return policy, result
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // m))  # process-wide: m trainings share the job's cores
+    try:
+        with ThreadPoolExecutor(max_workers=m, thread_name_prefix=ODPO_SOUP) as pool:
+            trained = list(pool.map(single, range(m)))
+    finally:
+        torch.set_num_threads(threads)
+    states = [policy.adapter_state() for policy, _ in trained]
+    history = [{"job": j, "w": units[j].tolist(), "seconds": r.seconds, "history": r.history}
+               for j, (_, r) in enumerate(trained)]
+    policy = trained[0][0]
+    accounting = Accounting(sum(r.seconds for _, r in trained), m, m * trainable_parameters(policy.model))
     cfg = task.cfg
     singles = GridAdapters(ODPO_SOUP, units, states, policy, task.names, cfg.llm.lora, accounting, history)
     return Soup(singles, name=ODPO_SOUP)
