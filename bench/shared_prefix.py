@@ -14,7 +14,7 @@ configured LoRA, in the same process, this times both paths on the batches the p
   it) and ``samples_per_prompt`` samples of the reference policy each, ``prompts_per_step`` per
   batch: the anchor's log-probs (no gradients) and the policy's forward + backward of one step;
 - ``llm-hh``: the training split's preference pairs, ``llm.baselines.batch_pairs`` per batch,
-  forward + backward;
+  forward + backward, with LoRA alone and with HyperDPO's HPT prefix (``w`` per pair) in front;
 - the rollout's sampling (``llm-online``): each prompt repeated ``samples_per_prompt`` times vs
   each prompt prefilled once (:func:`moft.models.hpt.generate_with_prefix` ``num_samples``), with
   the number of identical samples.
@@ -41,7 +41,12 @@ from moft.config import load_config  # noqa: E402
 from moft.io import atomic_write_json  # noqa: E402
 from moft.llm.stages import load_groups, load_policy  # noqa: E402
 from moft.llm.train import new_lora  # noqa: E402
-from moft.models.hpt import generate_with_prefix  # noqa: E402
+from moft.models.hpt import (  # noqa: E402
+    HyperPromptTuning,
+    forward_logprobs,
+    generate_with_prefix,
+    shared_forward_logprobs,
+)
 from moft.models.lm import encode_groups, encode_pairs, sequence_logprobs, shared_prefix_logprobs  # noqa: E402
 from moft.online.methods import reference_samples  # noqa: E402
 from moft.online.prefix import sample_weights  # noqa: E402
@@ -86,13 +91,17 @@ def offline_batches(cfg, n_batches: int) -> list[tuple[list, list[str], list[int
     return out
 
 
-def time_paths(cfg, batches, grad: bool) -> dict:
-    """Seconds per batch of the flat and the shared path, positions, largest differences."""
+def time_paths(cfg, batches, grad: bool, hpt: bool = False) -> dict:
+    """Seconds per batch of the flat and the shared path, positions, largest differences; with
+    ``hpt``, HyperDPO's prefix (virtual tokens from a ``w`` per group) in front of every prompt."""
     model, tokenizer = load_policy(cfg)
     model = new_lora(model, cfg.llm.lora, 0)
     for name, p in model.named_parameters():  # B = 0 hides the adapter from the gradient check
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1))
+    prefix = HyperPromptTuning.for_model(model, len(cfg.objective_names), init_std=0.3) if hpt else None
+    m, groups = len(cfg.objective_names), max(len(b[0]) for b in batches)
+    weights = torch.as_tensor(np.random.default_rng(0).dirichlet(np.ones(m), groups), dtype=torch.float32)
     llm = cfg.llm
     budgets = (llm.max_prompt_tokens, llm.max_response_tokens, llm.chat_template)
     seconds = {"flat": 0.0, "shared": 0.0}
@@ -111,16 +120,26 @@ def time_paths(cfg, batches, grad: bool) -> dict:
         results = {}
         for path in ("flat", "shared"):
             model.zero_grad(set_to_none=True)
+            if prefix is not None:
+                prefix.zero_grad(set_to_none=True)
             start = time.perf_counter()
             with torch.set_grad_enabled(grad):
-                if path == "flat":
+                if prefix is not None:
+                    w = weights[: len(prompts)]
+                    if path == "flat":
+                        tokens = (flat_batch["input_ids"], flat_batch["attention_mask"], flat_batch["response_mask"])
+                        logps = forward_logprobs(model, prefix, *tokens, w[torch.tensor(rows)])
+                    else:
+                        logps = shared_forward_logprobs(model, prefix, **shared_batch, w=w)
+                elif path == "flat":
                     logps = sequence_logprobs(model, **flat_batch)
                 else:
                     logps = shared_prefix_logprobs(model, **shared_batch)
                 if grad:
                     logps.sum().backward()
             seconds[path] += time.perf_counter() - start
-            grads = [p.grad.clone() for p in model.parameters() if p.grad is not None] if grad else []
+            params = [*model.parameters(), *(prefix.parameters() if prefix is not None else [])]
+            grads = [p.grad.clone() for p in params if p.grad is not None] if grad else []
             results[path] = (logps.detach(), grads)
         diff_logp = max(diff_logp, float((results["flat"][0] - results["shared"][0]).abs().max()))
         for a, b in zip(results["flat"][1], results["shared"][1]):
@@ -180,7 +199,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="moft-bench-shared-") as tmp:
         scratch = Path(tmp)
         for profile, make, grads in (("llm-online", online_batches, (False, True)),
-                                     ("llm-hh", offline_batches, (True,))):
+                                     ("llm-hh", offline_batches, (True, "hpt"))):
             if profile not in args.profiles:
                 continue
             cfg = load_config(profile, [f"artifacts_dir={scratch / profile}", f"reports_dir={scratch / 'reports'}",
@@ -196,9 +215,11 @@ def main() -> None:
                 result["cases"][case] = time_generation(cfg, batches)
                 print(result["cases"][case], flush=True)
             for grad in grads:
-                case = f"{profile}: {'forward + backward' if grad else 'forward, no gradients (anchor)'}"
+                case = {False: "forward, no gradients (anchor)", True: "forward + backward (LoRA)",
+                        "hpt": "forward + backward (LoRA + HPT prefix, one w per pair)"}[grad]
+                case = f"{profile}: {case}"
                 say(case, start)
-                result["cases"][case] = time_paths(cfg, batches, grad)
+                result["cases"][case] = time_paths(cfg, batches, bool(grad), hpt=grad == "hpt")
                 print(result["cases"][case], flush=True)
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_json(args.out, result)

@@ -486,6 +486,30 @@ def test_several_samples_per_prompt_run_each_prompt_once_and_equal_repeating_it(
         generate_with_prefix(policy, None, tokenizer, prompts, num_samples=0)
 
 
+def test_seeded_sampling_draws_what_transformers_sampling_draws_and_keeps_the_models_processors():
+    """Sampling through :class:`SeededSampler` gives the tokens of ``generate(do_sample=True)``
+    after ``torch.manual_seed`` (plain sampling), with the model's own processors (here its
+    ``suppress_tokens``) applied first, and leaves the global generator where it was."""
+    from moft.models.hpt import SeededSampler
+
+    model, tokenizer = tiny()
+    allowed = tokenizer.convert_tokens_to_ids(["a", "b", "c", "Ġ", "<|im_end|>"])
+    model.generation_config.suppress_tokens = [i for i in range(len(tokenizer)) if i not in allowed]
+    ids = torch.tensor([tokenizer("tell me a story", add_special_tokens=False).input_ids])
+    common = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, pad_token_id=0,
+                  eos_token_id=tokenizer.eos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(9)
+        expected = model.generate(**common, do_sample=True, temperature=0.7, top_k=0, top_p=1.0)
+    before = torch.random.get_rng_state()
+    got = model.generate(**common, do_sample=False, logits_processor=[SeededSampler(0.7, 9)])
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(got, expected)
+    assert set(got[0, ids.shape[1]:].tolist()) <= set(allowed)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        SeededSampler(0.0, 1)
+
+
 def test_concurrent_samplers_keep_their_own_draws():
     """Sampling in several threads at once (finetune jobs of one process) gives each call the
     samples its seed gives alone: no call draws from another's generator."""

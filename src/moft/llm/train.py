@@ -26,6 +26,7 @@ from moft.llm.data import PreferenceGroups
 from moft.losses import multi_objective_losses, scalarised_loss
 from moft.models.hpt import HyperPromptTuning, generate_with_prefix, shared_forward_logprobs
 from moft.models.lm import (
+    GLOBAL_RNG_LOCK,
     Prompt,
     add_lora,
     check_state_layout,
@@ -38,7 +39,6 @@ from moft.training import MetricLogger, no_log
 
 MAX_GRAD_NORM = 1.0  # TRL's DPO default (max_grad_norm)
 PROMPT_KEY = "prompt."  # prefix of the plain prompt-tuning weights in an adapter state
-_INIT_LOCK = threading.Lock()  # adapter init draws from torch's global generator (see new_lora)
 
 
 def new_lora(model: PreTrainedModel, lora: LoraSettings, seed: int) -> PeftModel:
@@ -47,7 +47,7 @@ def new_lora(model: PreTrainedModel, lora: LoraSettings, seed: int) -> PeftModel
     PEFT draws LoRA's ``A`` from torch's global generator: the draw is seeded and forked (the
     caller's generator is left untouched) under a lock, so concurrent jobs stay reproducible.
     """
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return add_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
 

@@ -9,10 +9,8 @@ or LoRA-wrapped) is unchanged: the prefix goes in through ``inputs_embeds``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,11 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from moft.io import atomic_dir, atomic_write_json
 from moft.models.lm import (
+    GLOBAL_RNG_LOCK,
     Prompt,
     check_state_layout,
     prompt_token_ids,
@@ -119,7 +118,7 @@ class HyperPromptTuning(nn.Module):
         cfg = HPTConfig(n_objectives=n_objectives, hidden_size=embeddings.shape[1], **config)
         if init_token_ids is not None and not init_token_ids:
             raise ValueError("init_token_ids is empty")
-        with torch.random.fork_rng(devices=[]):
+        with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if init_token_ids is None:
                 ids = torch.randint(0, embeddings.shape[0], (cfg.n_virtual,))
@@ -293,13 +292,12 @@ def generate_with_prefix(
     token; generation derives positions from the attention mask, so the prefix sits at positions
     ``0..k-1`` exactly as in training. Sampling (plain, at ``temperature``: no top-k/top-p) is
     deterministic from ``seed`` and leaves the global RNG untouched. ``generate_kwargs`` go to
-    ``model.generate`` (e.g. ``min_new_tokens``, ``top_p``). Returns decoded strings without
-    special tokens.
+    ``model.generate`` (e.g. ``min_new_tokens``). Returns decoded strings without special tokens.
 
-    ``transformers`` samples from torch's global generator, which every thread of the process
-    shares: sampling calls hold one process-wide lock, so that concurrent samplers (finetune jobs
-    running side by side in one process) cannot reseed or consume each other's draws and each
-    call's samples depend on its ``seed`` only.
+    Sampling draws from a generator of the call's own (:class:`SeededSampler`), not from torch's
+    global one, which every thread of the process shares: concurrent samplers (finetune jobs side
+    by side in one process) cannot reseed or consume each other's draws, and each call's samples
+    depend on its ``seed`` only.
 
     Without an HPT prefix and with ``num_samples > 1`` each prompt is run once (all but its last
     token, into a key/value cache repeated for its samples) and generation continues from that
@@ -314,11 +312,11 @@ def generate_with_prefix(
     if max_prompt_tokens is not None:
         rows = [ids[-max_prompt_tokens:] for ids in rows]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    sampling: dict[str, Any] = {"do_sample": False}
-    if do_sample:
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    settings = {"max_new_tokens": max_new_tokens, "pad_token_id": pad, "eos_token_id": tokenizer.eos_token_id,
-                "use_cache": True, **sampling, **generate_kwargs}
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad,
+                                "eos_token_id": tokenizer.eos_token_id, "use_cache": True, "do_sample": False}
+    if do_sample:  # the model's own processors first, then the draw (SeededSampler)
+        settings["logits_processor"] = LogitsProcessorList([SeededSampler(temperature, seed)])
+    settings.update(generate_kwargs)
     if hpt is None and num_samples > 1:
         return _generate_shared_prompts(model, tokenizer, rows, num_samples, seed, settings)
     if num_samples > 1:
@@ -339,8 +337,7 @@ def generate_with_prefix(
         if virtual is not None:
             embeds[i, start - k : start] = virtual[i]
         attention_mask[i, start - k :] = 1
-    with _sampling(seed, device, settings["do_sample"]):
-        out = model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **settings)
+    out = model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **settings)
     return tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
@@ -372,27 +369,36 @@ def _generate_shared_prompts(
             logits_to_keep=1,
         ).past_key_values
         cache.batch_repeat_interleave(num_samples)
-    with _sampling(seed, device, settings["do_sample"]):
-        out = model.generate(
-            input_ids=input_ids.repeat_interleave(num_samples, dim=0),
-            attention_mask=attention_mask.repeat_interleave(num_samples, dim=0),
-            past_key_values=cache,
-            **settings,
-        )
+    out = model.generate(
+        input_ids=input_ids.repeat_interleave(num_samples, dim=0),
+        attention_mask=attention_mask.repeat_interleave(num_samples, dim=0),
+        past_key_values=cache,
+        **settings,
+    )
     return tokenizer.batch_decode(out[:, length:], skip_special_tokens=True)
 
 
-_SAMPLING_LOCK = threading.Lock()  # torch's global generator is one per process (generate_with_prefix)
+class SeededSampler(LogitsProcessor):
+    """Plain sampling at ``temperature`` as the last logits processor of a greedy ``generate``:
+    draws each row's token from ``softmax(scores / temperature)`` (the scores after the model's
+    own processors, e.g. its ``suppress_tokens``) with a ``torch.Generator`` of its own seeded by
+    ``seed``, and leaves that token the only finite score, so the argmax takes it. The same draws
+    as ``generate(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)`` after
+    ``torch.manual_seed(seed)``, without touching the process-wide generator."""
 
+    def __init__(self, temperature: float, seed: int) -> None:
+        if not temperature > 0:
+            raise ValueError(f"sampling needs temperature > 0, got {temperature}")
+        self.temperature = temperature
+        self.seed = seed
+        self.generator: torch.Generator | None = None
 
-@contextlib.contextmanager
-def _sampling(seed: int, device: torch.device, do_sample: bool) -> Iterator[None]:
-    """Seed torch's global generator for one ``generate`` call and restore it afterwards; while
-    sampling, hold :data:`_SAMPLING_LOCK` (greedy decoding draws nothing and runs unlocked)."""
-    with _SAMPLING_LOCK if do_sample else contextlib.nullcontext():
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            yield
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.generator is None:
+            self.generator = torch.Generator(device=scores.device).manual_seed(self.seed)
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        token = torch.multinomial(probs, 1, generator=self.generator)  # (B, 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
 def save_hyper_lm(

@@ -82,6 +82,9 @@ def load_causal_lm(
 
 
 _LOAD_LOCK = threading.Lock()
+# torch's global generator is one per process: code that seeds and draws from it (adapter and
+# prefix initialisation) holds this lock, so concurrent jobs of one process stay reproducible
+GLOBAL_RNG_LOCK = threading.Lock()
 
 
 def _load_causal_lm(
