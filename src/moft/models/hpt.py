@@ -26,6 +26,7 @@ from moft.models.lm import (
     GLOBAL_RNG_LOCK,
     Prompt,
     check_state_layout,
+    pad_id,
     prompt_token_ids,
     quiet_peft,
     sequence_logprobs,
@@ -311,14 +312,14 @@ def generate_with_prefix(
     rows = [prompt_token_ids(tokenizer, p, chat_template) for p in prompts]
     if max_prompt_tokens is not None:
         rows = [ids[-max_prompt_tokens:] for ids in rows]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad,
                                 "eos_token_id": tokenizer.eos_token_id, "use_cache": True, "do_sample": False}
     if do_sample:  # the model's own processors first, then the draw (SeededSampler)
         settings["logits_processor"] = LogitsProcessorList([SeededSampler(temperature, seed)])
     settings.update(generate_kwargs)
     if hpt is None and num_samples > 1:
-        return _generate_shared_prompts(model, tokenizer, rows, num_samples, seed, settings)
+        return _generate_shared_prompts(model, tokenizer, rows, num_samples, settings)
     if num_samples > 1:
         rows = [ids for ids in rows for _ in range(num_samples)]
     embedding = model.get_input_embeddings()
@@ -346,7 +347,6 @@ def _generate_shared_prompts(
     tokenizer: PreTrainedTokenizerBase,
     rows: list[list[int]],
     num_samples: int,
-    seed: int,
     settings: dict[str, Any],
 ) -> list[str]:
     """``num_samples`` continuations of every prompt ``rows[i]`` (token ids), the prompts run once:

@@ -316,7 +316,8 @@ def _response_ids(
     return r[:max_response_tokens]
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id padding uses: the tokenizer's pad token, else 0 (always masked out)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
@@ -348,7 +349,7 @@ def encode_pairs(
         for i, (prompt, response) in enumerate(zip(prompts, responses))
     ]
     length = max(len(p) + len(r) for p, r in rows)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     response_mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -450,7 +451,7 @@ def encode_groups(
         [prefixes[g][-1]] + _response_ids(tokenizer, response, i, max_response_tokens, append_eos)
         for i, (g, response) in enumerate(zip(rows, responses))
     ]
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     width = max(len(p) for p in prefixes) - 1
     prefix_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     prefix_mask = torch.zeros((len(prompts), width), dtype=torch.long)
