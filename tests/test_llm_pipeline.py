@@ -148,7 +148,7 @@ def test_llm_flow_end_to_end(prefect_harness, workdir, tiny_lm):
     assert fresh["data_hash"] != summary["data_hash"] and fresh["methods"]["hyperdpo"]["points"]
 
 
-def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm):
+def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm, monkeypatch):
     """MO-ODPO, the ODPO soup, P-MORL and RiC through the finetune and evaluate stages (tiny model,
     two steps each), next to an offline method; then `moft generate` on the trained MO-ODPO and
     RiC fronts."""
@@ -194,6 +194,20 @@ def test_online_methods_run_as_stages_and_moft_generate_steers(workdir, tiny_lm)
         gen = summary["generation"]["methods"][name]
         assert gen["hypervolume"] >= 0 and gen["spread"] >= 0 and gen["reference_point"] == [-1.0, -1.0]
     assert summary["generation"]["rewards"] == {"harmless": "trained", "relevance": "conciseness"}
+
+    # the grid split over three workers (chunks of every method's grid) scores what one worker does
+    import os
+
+    cores = os.cpu_count
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    single = read_json(stages.evaluate(cfg))
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    split = read_json(stages.evaluate(cfg))
+    monkeypatch.setattr(os, "cpu_count", cores)
+    for name in summary["methods"]:
+        assert split["methods"][name]["points"] == single["methods"][name]["points"]
+        assert split["generation"]["methods"][name]["points"] == single["generation"]["methods"][name]["points"]
+        assert split["methods"][name]["train_seconds"] == summary["methods"][name]["train_seconds"]
 
     model = cfg.artifacts() / "finetune" / "mo_odpo"
     runner = CliRunner()

@@ -43,6 +43,7 @@ from moft.online.rollout import (
     OnlineTask,
     Rollout,
     new_online_policy,
+    relabel_weights,
     relabelled,
     response_groups,
     rollout,
@@ -347,6 +348,24 @@ def test_relabelling_reorders_the_same_samples_under_other_weights_on_their_own_
     assert front.history[-1]["pairs"] + front.history[-1]["ties"] == 3 * 4  # every prompt under 3 weights
 
 
+def test_rotated_relabelling_mirrors_the_sampled_weights():
+    w = np.array([[0.3, 0.7], [1.0, 0.0]])
+    rotate = OnlineSettings(relabel=1, relabel_weights="rotate")
+    extra = relabel_weights(w, 1, rotate, lambda rng, n: pytest.fail("rotation draws nothing"), np.random.default_rng(0))
+    assert extra.tolist() == [[[0.7, 0.3], [0.0, 1.0]]]  # m = 2: the mirror, so a trade-off pair flips
+    three = np.array([[0.2, 0.3, 0.5]])
+    both = relabel_weights(three, 2, OnlineSettings(relabel=2, relabel_weights="rotate"), None, None)
+    assert both.tolist() == [[[0.5, 0.2, 0.3]], [[0.3, 0.5, 0.2]]]
+    drawn = relabel_weights(w, 2, OnlineSettings(relabel=2), lambda rng, n: np.full((n, 2), 0.5), None)
+    assert drawn.shape == (2, 2, 2) and (drawn == 0.5).all()
+
+
+def test_rotated_relabelling_needs_another_rotation(cfg, factory, rewards):
+    task = make_task(cfg, factory, rewards)
+    with pytest.raises(ValueError, match="relabel=2 with relabel_weights=rotate: 2 objectives"):
+        task.check(OnlineSettings(relabel=2, relabel_weights="rotate", max_new_tokens=6))
+
+
 def test_mo_odpo_loss_is_dpo_through_the_shared_loss_on_a_hand_computed_case():
     rewards = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]])
     weights = np.array([[0.9, 0.1], [0.5, 0.5], [0.9, 0.1]])
@@ -462,6 +481,7 @@ def test_odpo_soup_is_exactly_each_single_model_at_its_vertex(cfg, factory, rewa
     assert not torch.equal(middle, soup.logprobs(groups, E1)) and not torch.equal(middle, soup.logprobs(groups, E2))
     assert soup.name == "odpo_soup" and soup.accounting.n_jobs == 2
     assert [job["w"] for job in singles.history] == [[1.0, 0.0], [0.0, 1.0]]
+    assert [len(job["history"]) for job in singles.history] == [2, 2]  # steps / m each: one MO-ODPO's compute
     assert not any(isinstance(p, str) and HEAD in p for p in recorders[0].seen)
     soup.save(tmp_path / "soup")
     loaded = load_odpo_soup(tmp_path / "soup", cfg, factory)
@@ -471,6 +491,19 @@ def test_odpo_soup_is_exactly_each_single_model_at_its_vertex(cfg, factory, rewa
 
 # ------------------------------------------------------------------------------------------
 # the front: conditioning, save/load, steering
+
+
+def test_fronts_with_one_instruction_share_their_anchor_log_probs(fronts):
+    from moft.llm.stages import AnchorCache, _reference_groups
+
+    groups = response_groups(TEST_PROMPTS[:3], [["ab c", "a"]] * 3, NAMES)
+    anchors, w = AnchorCache(), np.array([0.3, 0.7])
+    first = _reference_groups(fronts["length"], groups, w, anchors)
+    second = _reference_groups(fronts["conciseness"], groups, w, anchors)
+    assert second.ref_logps is first.ref_logps  # the same p(w) + x: scored once
+    assert torch.equal(second.ref_logps, _reference_groups(fronts["conciseness"], groups, w).ref_logps)
+    other = _reference_groups(fronts["conciseness"], groups, np.array([0.7, 0.3]), anchors)
+    assert not torch.equal(other.ref_logps, first.ref_logps)
 
 
 def test_the_front_conditions_every_prompt_on_the_quantised_weights(fronts):

@@ -626,6 +626,19 @@ class OnlineSettings(Section):
         "(hindsight relabelling: the same pair, opposite preferences under different prefixes). 0 = the "
         "paper's Algorithm 1.",
     )
+    soup_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Steps of each single-objective model of the ODPO soup; None: ceil(steps / m), the "
+        "paper's equal total compute (MO-ODPO and P-MORL two epochs, each soup model one, at m = 2).",
+    )
+    relabel_weights: Literal["dirichlet", "rotate"] = Field(
+        "dirichlet",
+        description="Where relabelling's extra weights come from: `dirichlet` (fresh draws of Dir(alpha)) "
+        "or `rotate` (copy j gets the sampled w with its entries rotated by j places, so for m = 2 the "
+        "mirror (w2, w1): a pair that trades the objectives off is trained in both orders under the two "
+        "prefixes, and only the prefix tells them apart; relabel <= m - 1).",
+    )
     seed: int = Field(0, description="Seed of the LoRA init, prompt order, weights and sampling.")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -510,32 +511,43 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     }
     samples = {"base": base_samples}
     rows, plot_methods, gen_plot = [], {}, {}
+    anchors = AnchorCache()
 
-    def score(method: str):
-        """One method's policy at every grid point: CE and log-ratio per test pair, generations."""
+    def score(item: tuple[str, np.ndarray]):
+        """One method's policy at some grid points: CE and log-ratio per test pair, generations;
+        its accounting and facts (the model itself is dropped with the worker's copy)."""
+        method, points = item
         trained = get_lm_method(method).load(_require(layout.finetuned(method), "finetune"), cfg, lambda: load_policy(cfg))
         per_point_ce, per_point_main, generations = [], [], []
-        for w in grid:
+        for w in grid[points]:
             logps = trained.logprobs(test, w)
-            groups = _reference_groups(trained, test, w)
+            groups = _reference_groups(trained, test, w, anchors)
             per_point_ce.append(preference_ce(logps, groups, betas))
             per_point_main.append(log_ratio(logps, groups))
             if gen_prompts and evals:
                 generations.append(trained.generate([test.prompts[i] for i in gen_prompts], w))
-        return trained, FrontMetrics(grid, np.stack(per_point_ce), np.stack(per_point_main)), generations
+        return per_point_ce, per_point_main, generations, trained.accounting.to_json(), method_facts(trained)
 
-    # methods are scored concurrently, the cores split between them (one model copy each)
-    jobs = min(len(cfg.finetune.methods), os.cpu_count() or 1) if resolve_device(cfg.runtime.device) == "cpu" else 1
+    # the (method, grid chunk) items are scored concurrently, the cores split between them (one
+    # model copy per worker); each method's grid in `jobs` chunks keeps every core busy to the end
+    cpu = resolve_device(cfg.runtime.device) == "cpu"
+    jobs = min(len(cfg.finetune.methods) * len(grid), os.cpu_count() or 1) if cpu else 1
+    items = [(method, chunk) for method in cfg.finetune.methods for chunk in np.array_split(np.arange(len(grid)), jobs) if len(chunk)]
     set_threads(cfg.runtime.threads, jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        scored = list(pool.map(score, cfg.finetune.methods))
+        parts = list(pool.map(score, items))
     set_threads(cfg.runtime.threads)
-    for method, (trained, front, generations) in zip(cfg.finetune.methods, scored):
+    scored = []
+    for method in cfg.finetune.methods:
+        mine = [part for (name, _), part in zip(items, parts) if name == method]
+        ce, main, generations = ([x for part in mine for x in part[i]] for i in range(3))
+        scored.append((mine[0][3], mine[0][4], FrontMetrics(grid, np.stack(ce), np.stack(main)), generations))
+    for method, (accounting, facts, front, generations) in zip(cfg.finetune.methods, scored):
         entry = _method_entry(front, ref, indices, base_main=0.0, direction="min")
         samples[method] = entry.pop("_samples")
         entry["main_retention"] = None
-        entry.update(trained.accounting.to_json())
-        entry.update(method_facts(trained))
+        entry.update(accounting)
+        entry.update(facts)
         summary["methods"][method] = entry
         rows += _front_rows(method, "c=1", 1.0, front, cfg.objective_names, prefix="ce", direction="min")
         plot_methods[method] = {"points": front.points, "main": front.main_points, "weights": grid}
@@ -587,13 +599,38 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     return layout.pareto_json
 
 
-def _reference_groups(trained, groups: PreferenceGroups, w: np.ndarray) -> PreferenceGroups:
+class AnchorCache:
+    """The frozen reference policy's log-probs of conditioned prompts, shared by the fronts of one
+    evaluation: MO-ODPO and P-MORL write the same instruction, so at each ``w`` their anchor reads
+    the same ``p(w) + x`` and is scored once (keyed by that text; thread-safe)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, trained, groups: PreferenceGroups, w: np.ndarray) -> torch.Tensor:
+        key = json.dumps([trained.inputs(groups.prompts, w), groups.responses])
+        with self._lock:
+            hit = self._values.get(key)
+        if hit is None:
+            hit = trained.reference_logprobs(groups, w)
+            with self._lock:
+                hit = self._values.setdefault(key, hit)
+        return hit
+
+
+def _reference_groups(
+    trained, groups: PreferenceGroups, w: np.ndarray, anchors: AnchorCache | None = None
+) -> PreferenceGroups:
     """``groups`` with the reference log-probs ``trained``'s implicit reward is measured against:
     the frozen reference policy on ``x`` (``groups.ref_logps``), or for a prompt-conditioned front
-    (one with ``reference_logprobs``: MO-ODPO, P-MORL) its anchor on the conditioned ``p(w) + x``,
-    so the prefix's own effect on the frozen model is not counted as the method's."""
+    (one with ``reference_logprobs``: MO-ODPO, P-MORL, RiC) its anchor on the conditioned
+    ``p(w) + x``, so the prefix's own effect on the frozen model is not counted as the method's
+    (through ``anchors`` when given)."""
     reference = getattr(trained, "reference_logprobs", None)
-    return groups if reference is None else replace(groups, ref_logps=reference(groups, w))
+    if reference is None:
+        return groups
+    return replace(groups, ref_logps=reference(groups, w) if anchors is None else anchors.get(trained, groups, w))
 
 
 def _capped(groups: PreferenceGroups, n: int | None) -> PreferenceGroups:

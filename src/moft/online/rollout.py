@@ -74,6 +74,11 @@ class OnlineTask:
             )
         if isinstance(settings.alpha, list) and len(settings.alpha) != len(self.names):
             raise ValueError(f"online alpha has {len(settings.alpha)} values for {len(self.names)} objectives")
+        if settings.relabel_weights == "rotate" and settings.relabel > len(self.names) - 1:
+            raise ValueError(
+                f"online relabel={settings.relabel} with relabel_weights=rotate: {len(self.names)} objectives "
+                f"have only {len(self.names) - 1} other rotations of w"
+            )
 
     def check_prompts(self, tokenizer: PreTrainedTokenizerBase, prefix: WeightPrefix | None = None) -> PromptBudget:
         """How the instruction (``prefix``, default the task's) fits the training prompts into
@@ -268,6 +273,16 @@ def prompt_batches(n: int, size: int, rng: np.random.Generator) -> Iterator[np.n
             yield order[start : start + size]
 
 
+def relabel_weights(
+    w: np.ndarray, r: int, settings: OnlineSettings, weights: WeightSampler, rng: np.random.Generator
+) -> np.ndarray:
+    """``(r, n, m)`` extra weights for relabelling the step's samples drawn under ``w (n, m)``:
+    fresh draws of ``weights`` or, with ``relabel_weights: rotate``, ``w`` rotated by 1..r places."""
+    if settings.relabel_weights == "rotate":
+        return np.stack([np.roll(w, j, axis=1) for j in range(1, r + 1)])
+    return np.stack([weights(rng, len(w)) for _ in range(r)])
+
+
 def train_online(
     policy: LMPolicy,
     task: OnlineTask,
@@ -309,7 +324,7 @@ def train_online(
         batch = rollout(policy, task, [task.prompts[i] for i in idx], w, conditioned, settings, seed)
         trained = batch
         if relabel:
-            trained = relabelled(batch, task, np.stack([weights(rng, len(idx)) for _ in range(relabel)]), policy.tokenizer)
+            trained = relabelled(batch, task, relabel_weights(w, relabel, settings, weights, rng), policy.tokenizer)
         logps, anchor = sequence_scores(policy, response_groups(trained.inputs, trained.responses, task.names))
         loss, metrics = loss_fn(trained, logps, anchor, settings)
         logps, anchor = logps[: len(idx)], anchor[: len(idx)]
