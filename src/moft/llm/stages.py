@@ -532,7 +532,8 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     # model copy per worker); each method's grid in `jobs` chunks keeps every core busy to the end
     cpu = resolve_device(cfg.runtime.device) == "cpu"
     jobs = min(len(cfg.finetune.methods) * len(grid), os.cpu_count() or 1) if cpu else 1
-    items = [(method, chunk) for method in cfg.finetune.methods for chunk in np.array_split(np.arange(len(grid)), jobs) if len(chunk)]
+    chunks = [c for c in np.array_split(np.arange(len(grid)), jobs) if len(c)]
+    items = [(method, chunk) for method in cfg.finetune.methods for chunk in chunks]
     set_threads(cfg.runtime.threads, jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         parts = list(pool.map(score, items))
