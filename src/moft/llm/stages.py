@@ -526,7 +526,8 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
             per_point_main.append(log_ratio(logps, groups))
             if gen_prompts and evals:
                 generations.append(trained.generate([test.prompts[i] for i in gen_prompts], w))
-        return per_point_ce, per_point_main, generations, trained.accounting.to_json(), method_facts(trained)
+        return {"ce": per_point_ce, "main": per_point_main, "generations": generations,
+                "accounting": trained.accounting.to_json(), "facts": method_facts(trained)}
 
     # the (method, grid chunk) items are scored concurrently, the cores split between them (one
     # model copy per worker); each method's grid in `jobs` chunks keeps every core busy to the end
@@ -538,17 +539,15 @@ def evaluate(cfg: MoftConfig, tracker: Tracker = NullTracker()) -> Path:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         parts = list(pool.map(score, items))
     set_threads(cfg.runtime.threads)
-    scored = []
-    for method in cfg.finetune.methods:
-        mine = [part for (name, _), part in zip(items, parts) if name == method]
-        ce, main, generations = ([x for part in mine for x in part[i]] for i in range(3))
-        scored.append((mine[0][3], mine[0][4], FrontMetrics(grid, np.stack(ce), np.stack(main)), generations))
-    for method, (accounting, facts, front, generations) in zip(cfg.finetune.methods, scored):
+    for i, method in enumerate(cfg.finetune.methods):
+        mine = parts[i * len(chunks) : (i + 1) * len(chunks)]  # the method's chunks, in grid order
+        ce, main, generations = ([x for part in mine for x in part[key]] for key in ("ce", "main", "generations"))
+        front = FrontMetrics(grid, np.stack(ce), np.stack(main))
         entry = _method_entry(front, ref, indices, base_main=0.0, direction="min")
         samples[method] = entry.pop("_samples")
         entry["main_retention"] = None
-        entry.update(accounting)
-        entry.update(facts)
+        entry.update(mine[0]["accounting"])
+        entry.update(mine[0]["facts"])
         summary["methods"][method] = entry
         rows += _front_rows(method, "c=1", 1.0, front, cfg.objective_names, prefix="ce", direction="min")
         plot_methods[method] = {"points": front.points, "main": front.main_points, "weights": grid}

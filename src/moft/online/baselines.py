@@ -74,9 +74,9 @@ def fit_odpo_soup(task: OnlineTask, settings: OnlineSettings) -> Soup:
     """One online-DPO model per objective (``settings.soup_steps`` steps each, by default
     ``steps / m``: the soup costs what one MO-ODPO model does), each on its own policy from the
     same initial adapter and seed, trained concurrently (one thread each, the job's torch
-    threads split between them); the soup interpolates their LoRA weights at ``w``. One job of ``m`` models: training
-    them side by side keeps the job from being the pipeline's critical path when the other jobs
-    are done and cores would stand idle."""
+    threads split between them); the soup interpolates their LoRA weights at ``w``. One job of
+    ``m`` models: training them side by side keeps the job from being the pipeline's critical
+    path when the other jobs are done and cores would stand idle."""
     m = len(task.names)
     units = np.eye(m)
     each = settings.model_copy(update={"steps": settings.soup_steps or math.ceil(settings.steps / m)})
